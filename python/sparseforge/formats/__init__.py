@@ -1,0 +1,1 @@
+"""Sparse storage formats: pack/unpack, validate, interop with torch and scipy."""

@@ -1,0 +1,1 @@
+"""Kernel-backed modules that replace dense layers at export time."""

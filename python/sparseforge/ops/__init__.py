@@ -1,0 +1,1 @@
+"""Torch custom ops (``sparseforge::<op>``) over the compiled kernels in ``sparseforge._C``."""
