@@ -49,7 +49,12 @@ def sparsify(model: nn.Module, method: str | Config, *, targets=None, exclude=No
     else:
         cls = get_method(method)
         cfg = make_config(cls, **config)
-    chosen = select_targets(model, cls.default_targets, targets, exclude)
+    if cls.needs_targets:
+        chosen = select_targets(model, cls.default_targets, targets, exclude)
+    elif targets is not None or exclude is not None:
+        raise ValueError(f"{cls.name} acts on the whole model; it takes no targets= or exclude=")
+    else:
+        chosen = []
     bound = cls(cfg)
     bound.model, bound.targets = model, chosen
     out = bound.apply(model, chosen)

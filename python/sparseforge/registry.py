@@ -112,6 +112,9 @@ class Method:
     stage: ClassVar[str] = "post_training"
     #: Module types whose ``weight`` the method acts on unless the user selects targets explicitly.
     default_targets: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    #: False for methods that act on the model as a whole (attention functions, decoding constraints):
+    #: they get ``targets=[]`` and ``sparsify`` rejects targets/exclude for them.
+    needs_targets: ClassVar[bool] = True
 
     def __init__(self, config: Config):
         if not isinstance(config, type(self).Config):
