@@ -61,10 +61,16 @@ class LayerSparsity:
         return 1.0 - self.density
 
     def storage_bytes(self, value_bytes: int = 4) -> dict:
-        """Bytes to store this weight as dense, CSR (int32 indices) and N:M (values + index bits)."""
-        rows = self.numel // self.shape[1] if len(self.shape) >= 2 and self.shape[1] else 1
+        """Bytes to store this weight as dense, CSR and N:M (values + index bits).
+
+        CSR counts int16 column indices when a row has at most 65536 columns (as sparse inference
+        kernels store them), int32 otherwise, plus an int32 row pointer.
+        """
+        rows = self.shape[0]
+        cols = self.numel // rows if rows else 0
+        index_bytes = 2 if cols <= 65536 else 4
         out = {"dense": self.numel * value_bytes,
-               "csr": self.nnz * (value_bytes + 4) + (rows + 1) * 4}
+               "csr": self.nnz * (value_bytes + index_bytes) + (rows + 1) * 4}
         if self.nm:
             n, m = map(int, self.nm.split(":"))
             kept = self.numel * n // m
