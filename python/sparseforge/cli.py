@@ -164,8 +164,14 @@ def cmd_run(args, extra: list[str]) -> int:
     dense = train(dense, data.x_train, data.y_train, tcfg, desc="dense", progress=progress)
     dense_acc = evaluate(dense, data.x_test, data.y_test)
 
-    kwargs = {"targets": args.target or None, "exclude": args.exclude or None}
-    if cls.stage == "post_training":
+    exclude = [":last"] if args.exclude is None else [e for e in args.exclude if e != "none"]
+    kwargs = {"targets": args.target or None, "exclude": exclude or None}
+    if cls.stage == "fine_tuning":
+        model = sparsify(copy.deepcopy(dense), args.name, **kwargs, **cfg_values)
+        ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs or max(1, args.epochs // 2), lr=args.lr / 3)
+        model = train(model, data.x_train, data.y_train, ft, method=method_of(model), desc=args.name,
+                      progress=progress)
+    elif cls.stage == "post_training":
         model = sparsify(copy.deepcopy(dense), args.name, **kwargs, **cfg_values)
         if args.finetune_epochs:
             ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs, lr=args.lr / 10)
@@ -210,7 +216,8 @@ def cmd_run(args, extra: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS, MODELS
 
-    p = argparse.ArgumentParser(prog="sparseforge", description="Neural-network sparsity, real and measurable.")
+    p = argparse.ArgumentParser(prog="sparseforge", description="Neural-network sparsity, real and measurable.",
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     pl = sub.add_parser("list", help="registered methods with their papers")
@@ -221,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("name", nargs="?")
     pi.add_argument("--json", action="store_true")
 
-    pr = sub.add_parser("run", help="train a small model, apply a method, compare with dense",
+    pr = sub.add_parser("run", help="train a small model, apply a method, compare with dense", allow_abbrev=False,
                         description="Config fields of the method are passed as --FIELD VALUE "
                                     "(see `sparseforge info NAME`).")
     pr.add_argument("name")
@@ -232,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--lr", type=float, default=1e-3)
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--target", action="append", help="layer selector (glob, re:regex); repeatable")
-    pr.add_argument("--exclude", action="append", help="layer selector to keep dense (:first, :last, glob)")
+    pr.add_argument("--exclude", action="append",
+                    help="layer selector to keep dense (:first, :last, glob); repeatable. Default: :last (the "
+                         "classifier, kept dense as the papers do); 'none' prunes every layer")
     pr.add_argument("--layers", action="store_true", help="also print the per-layer sparsity report")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--no-progress", action="store_true")

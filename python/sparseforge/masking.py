@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 __all__ = ["SparseParametrization", "Mask", "apply_mask", "register_sparse_parametrization", "get_mask",
-           "iter_masks", "iter_sparse_parametrizations", "bake_masks", "plain_copy", "is_masked"]
+           "iter_masks", "iter_sparse_parametrizations", "bake_masks", "plain_copy", "is_masked", "freeze_mask"]
 
 
 class SparseParametrization(nn.Module):
@@ -115,6 +115,17 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> M
     with torch.no_grad():
         module.parametrizations[name].original.mul_(p.mask)
     return p
+
+
+def freeze_mask(module: nn.Module, name: str = "weight") -> Mask:
+    """Replaces the parametrizations of ``module.<name>`` by a static :class:`Mask` of the current
+    pattern, with pruned values set to zero: how training-time methods hand over their final model."""
+    mask = get_mask(module, name)
+    if mask is None:
+        raise ValueError(f"{type(module).__name__}.{name} carries no sparse parametrization")
+    mask = mask.clone()
+    _unparametrize(module)
+    return apply_mask(module, mask, name)
 
 
 def iter_sparse_parametrizations(model: nn.Module):

@@ -47,11 +47,11 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig |
     cfg = cfg or TrainConfig()
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
-    if method is not None:
-        method.prepare(model, opt)
-    loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
     n = len(x)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    if method is not None:
+        method.prepare(model, opt, total_steps=cfg.epochs * steps_per_epoch)
+    loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
     step = 0
     model.train()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False, unit="step")
@@ -60,6 +60,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig |
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             loss = loss_fn(model, x[idx], y[idx])
+            if method is not None:
+                loss = method.training_loss(model, x[idx], y[idx], loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
