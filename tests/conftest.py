@@ -38,3 +38,21 @@ def convnet():
         nn.Conv2d(32, 32, 1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
     )
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """A fixed Fashion-MNIST subset (Debian's dataset-fashion-mnist): 20k train, the 10k test set."""
+    from sparseforge.data import load_dataset
+
+    try:
+        data = load_dataset("fashion-mnist")
+    except RuntimeError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
+    return data.x_train[:20000], data.y_train[:20000], data.x_test, data.y_test
+
+
+def fashion_mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
