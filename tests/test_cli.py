@@ -22,7 +22,8 @@ def test_info_method_and_build(cli):
 
 
 def test_run_main_job(cli):
-    out = cli("run", "magnitude", "--sparsity", "0.8", "--epochs", "8", "--finetune-epochs", "3", "--no-progress",
+    out = cli("run", "magnitude", "--sparsity", "0.8", "--epochs", "8", "--finetune-epochs", "3", "--exclude", "none",
+              "--no-progress",
               "--json", check=True)
     res = json.loads(out.stdout)
     assert res["sparse"]["sparsity"] == pytest.approx(0.8, abs=1e-3)

@@ -26,8 +26,7 @@ from sparseforge.registry import Method, Paper
 
 class _SRSTEFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, n: int, m: int, decay: float):
-        mask = nm_mask(w.detach().abs(), n, m)
+    def forward(ctx, w, mask, decay: float):
         ctx.save_for_backward(w, mask)
         ctx.decay = decay
         return w * mask
@@ -37,7 +36,7 @@ class _SRSTEFunction(torch.autograd.Function):
         w, mask = ctx.saved_tensors
         if ctx.decay:
             grad = grad + ctx.decay * (~mask) * w
-        return grad, None, None, None
+        return grad, None, None
 
 
 class SRSTEMask(SparseParametrization):
@@ -46,9 +45,12 @@ class SRSTEMask(SparseParametrization):
     def __init__(self, n: int, m: int, decay: float):
         super().__init__()
         self.n, self.m, self.decay = int(n), int(m), float(decay)
+        self.last_mask: torch.Tensor | None = None  # the mask of the latest forward, for flip counting
 
     def forward(self, w):
-        return _SRSTEFunction.apply(w, self.n, self.m, self.decay)
+        mask = self.current_mask(w)
+        self.last_mask = mask
+        return _SRSTEFunction.apply(w, mask, self.decay)
 
     def current_mask(self, w):
         return nm_mask(w.detach().abs(), self.n, self.m)
@@ -98,7 +100,12 @@ class SRSTE(Method):
         return model
 
     def _masks(self):
-        return [get_mask(t.module, t.param) for t in self.targets]
+        # The forward pass already computed this step's masks; recomputing them would double the cost.
+        out = []
+        for t in self.targets:
+            p = t.module.parametrizations[t.param][0]
+            out.append(p.last_mask if p.last_mask is not None else get_mask(t.module, t.param))
+        return out
 
     def prepare(self, model, optimizer, total_steps=None) -> None:
         self.optimizer = optimizer

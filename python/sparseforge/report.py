@@ -15,7 +15,7 @@ from .patterns import as_rows
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "nm_counts"]
 
 # Checked from sparsest to densest; the first that holds is the layer's tightest N:M pattern.
-_NM_CANDIDATES = ((1, 8), (1, 4), (2, 8), (1, 2), (2, 4), (4, 8))
+_NM_CANDIDATES = ((1, 32), (1, 16), (1, 8), (2, 16), (1, 4), (2, 8), (1, 2), (2, 4), (4, 8))
 
 
 def nm_counts(w: torch.Tensor, m: int) -> np.ndarray:
@@ -25,9 +25,9 @@ def nm_counts(w: torch.Tensor, m: int) -> np.ndarray:
 
 
 def _group_max(w: torch.Tensor) -> dict[int, int]:
-    """Most nonzeros found in any group of m, for each m in (2, 4, 8) dividing the reduction size."""
+    """Most nonzeros found in any group of m, for each m in (2, 4, 8, 16, 32) dividing the reduction size."""
     k = as_rows(w).shape[1]
-    return {m: (int(nm_counts(w, m).max()) if w.numel() else 0) for m in (2, 4, 8) if k % m == 0}
+    return {m: (int(nm_counts(w, m).max()) if w.numel() else 0) for m in (2, 4, 8, 16, 32) if k % m == 0}
 
 
 @dataclasses.dataclass
