@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from sparseforge.config import Config, ConfigError, param
 from sparseforge.masking import SparseParametrization, freeze_mask, register_sparse_parametrization
-from sparseforge.patterns import nm_mask, reduction_size
+from sparseforge.patterns import nm_mask
 from sparseforge.registry import Method, Paper
+from sparseforge.targets import require_reduction_multiple
 
 
 class CASTScale(SparseParametrization):
@@ -88,10 +89,7 @@ class CAST(Method):
 
     def apply(self, model, targets):
         cfg = self.config
-        bad = [t.key for t in targets if reduction_size(getattr(t.module, t.param)) % cfg.m]
-        if bad:
-            raise ValueError(f"cast: {cfg.n}:{cfg.m} needs the input dimension to be a multiple of {cfg.m}; "
-                             f"these layers are not: {', '.join(bad)} (leave them out with exclude=)")
+        require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")
         self.scales = []
         for t in targets:
             w = getattr(t.module, t.param)

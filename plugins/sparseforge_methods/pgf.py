@@ -28,6 +28,7 @@ from sparseforge.config import Config, ConfigError, param
 from sparseforge.masking import SparseParametrization, freeze_mask, register_sparse_parametrization
 from sparseforge.patterns import nm_mask, reduction_size
 from sparseforge.registry import Method, Paper
+from sparseforge.targets import require_reduction_multiple
 
 MODES = ("mdgf_exp", "mdgf_linear", "sdgf_stepwise", "sdgf_geometric")
 
@@ -131,10 +132,7 @@ class PGF(Method):
 
     def apply(self, model, targets):
         cfg = self.config
-        bad = [t.key for t in targets if reduction_size(getattr(t.module, t.param)) % cfg.m]
-        if bad:
-            raise ValueError(f"pgf: {cfg.n}:{cfg.m} needs the input dimension to be a multiple of {cfg.m}; "
-                             f"these layers are not: {', '.join(bad)} (leave them out with exclude=)")
+        require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")
         self.params = []
         for t in targets:
             p = PGFMask(cfg.n, cfg.m, alpha=1.0, phase="dense")

@@ -20,8 +20,9 @@ import torch
 
 from sparseforge.config import Config, param
 from sparseforge.masking import SparseParametrization, freeze_mask, get_mask, register_sparse_parametrization
-from sparseforge.patterns import nm_mask, reduction_size
+from sparseforge.patterns import nm_mask
 from sparseforge.registry import Method, Paper
+from sparseforge.targets import require_reduction_multiple
 
 
 class _SRSTEFunction(torch.autograd.Function):
@@ -89,10 +90,7 @@ class SRSTE(Method):
 
     def apply(self, model, targets):
         cfg = self.config
-        bad = [t.key for t in targets if reduction_size(getattr(t.module, t.param)) % cfg.m]
-        if bad:
-            raise ValueError(f"srste: {cfg.n}:{cfg.m} needs the input dimension to be a multiple of {cfg.m}; "
-                             f"these layers are not: {', '.join(bad)} (leave them out with exclude=)")
+        require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")
         for t in targets:
             register_sparse_parametrization(t.module, SRSTEMask(cfg.n, cfg.m, cfg.decay), t.param)
         self.mask_flips: list[int] = []

@@ -63,15 +63,7 @@ def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Boolean mask keeping the ``n`` largest scores of every group of ``m`` along the reduction dim."""
-    rows = as_rows(scores)
-    k = rows.shape[1]
-    if k % m:
-        raise ValueError(f"a weight of shape {tuple(scores.shape)} has reduction size {k}, "
-                         f"which is not a multiple of M={m}")
-    groups = rows.reshape(-1, m)
-    idx = torch.topk(groups, n, dim=1, largest=True, sorted=False).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, idx, True)
-    return from_rows(mask.reshape(rows.shape), scores.shape)
+    return nm_mask_along(scores, n, m, dim=1 if scores.dim() >= 2 else 0)
 
 
 def nm_mask_along(scores: torch.Tensor, n: int, m: int, dim: int) -> torch.Tensor:
