@@ -41,9 +41,31 @@ def run(n_sentences=128, scope="global", sparsities=None, progress=True):
     tok, model = load_minilm()
     sentences = bbc_sentences(n_sentences)
     dense = embed(tok, model, sentences)
-    points = sparsity_sweep(model, lambda m: embedding_cosine(dense, embed(tok, m, sentences)), sparsities,
-                            method="magnitude", progress=progress, scope=scope, targets=["encoder.*"])
+    score = lambda m: embedding_cosine(dense, embed(tok, m, sentences))
+    points = sparsity_sweep(model, score, sparsities, method="magnitude", progress=progress, scope=scope,
+                            targets=["encoder.*"])
     return points, essential_sparsity(points, tolerance=0.01)
+
+
+def nm_points(n_sentences=128, patterns=("2:4", "4:8", "1:4")):
+    """Embedding cosine to dense for one-shot magnitude N:M pruning of the same layers."""
+    import copy
+
+    import sparseforge as sf
+    from sparseforge.analysis import embedding_cosine
+    from sparseforge.data.models import load_minilm
+    from sparseforge.data.text import bbc_sentences
+
+    tok, model = load_minilm()
+    sentences = bbc_sentences(n_sentences)
+    dense = embed(tok, model, sentences)
+    out = []
+    for pat in patterns:
+        pruned = sf.sparsify(copy.deepcopy(model), "magnitude", pattern=pat, targets=["encoder.*"])
+        enc = [x for x in sf.sparsity_report(pruned).layers if x.name.startswith("encoder.")]
+        sparsity = 1 - sum(x.nnz for x in enc) / sum(x.numel for x in enc)
+        out.append((pat, sparsity, embedding_cosine(dense, embed(tok, pruned, sentences))))
+    return out
 
 
 def main():
@@ -54,6 +76,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     points, knee = run(args.sentences, args.scope)
+    nm = nm_points(args.sentences)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"essential_sparsity_minilm_{args.scope}")
     with open(stem + ".csv", "w", newline="") as f:
@@ -63,6 +86,8 @@ def main():
             w.writerow([f"{p.sparsity:.2f}", f"{p.score:.5f}"])
     lines = ["| sparsity | cosine to dense |", "|---:|---:|"] + [f"| {p.sparsity:.0%} | {p.score:.4f} |" for p in points]
     lines.append(f"\nEssential sparsity (cosine within 1% of dense): {knee:.0%}")
+    lines += ["", "| N:M pattern | sparsity | cosine to dense |", "|---|---:|---:|"]
+    lines += [f"| {pat} | {sp:.0%} | {cos:.4f} |" for pat, sp, cos in nm]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -74,6 +99,8 @@ def main():
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = np.array([p.sparsity for p in points]) * 100
     ax.plot(xs, [p.score for p in points], "o-", label=f"magnitude ({args.scope})")
+    for pat, sp, cos in nm:
+        ax.plot(sp * 100, cos, "s", label=f"magnitude N:M {pat}")
     ax.axvline(knee * 100, color="gray", ls="--", label=f"essential sparsity ≈ {knee:.0%}")
     ax.set_xlabel("sparsity of encoder Linear weights (%)")
     ax.set_ylabel("embedding cosine to dense")
