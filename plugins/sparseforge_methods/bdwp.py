@@ -114,6 +114,9 @@ class BDWP(Method):
     stage = "during_training"
     default_targets = (nn.Linear, nn.Conv2d)
 
+    def nm_pattern(self):
+        return self.config.n, self.config.m
+
     def apply(self, model, targets):
         cfg = self.config
         bad = []

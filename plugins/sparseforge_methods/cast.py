@@ -87,6 +87,9 @@ class CAST(Method):
     summary = "Dense to exact N:M by adaptive L1 decay of the pruned-to-be weights, γ scaling and self-distillation."
     stage = "fine_tuning"
 
+    def nm_pattern(self):
+        return self.config.n, self.config.m
+
     def apply(self, model, targets):
         cfg = self.config
         require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")

@@ -62,6 +62,9 @@ class Magnitude(Method):
     summary = "One-shot |W| pruning without retraining: unstructured per layer or global, or N:M."
     stage = "post_training"
 
+    def nm_pattern(self):
+        return None if self.config.pattern == "unstructured" else parse_nm(self.config.pattern)
+
     @torch.no_grad()
     def apply(self, model, targets):
         cfg = self.config

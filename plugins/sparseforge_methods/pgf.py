@@ -130,6 +130,9 @@ class PGF(Method):
     summary = "High-ratio N:M training with decaying gradient flow to pruned weights (MdGf / SdGf)."
     stage = "during_training"
 
+    def nm_pattern(self):
+        return self.config.n, self.config.m
+
     def apply(self, model, targets):
         cfg = self.config
         require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")

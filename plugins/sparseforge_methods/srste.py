@@ -88,6 +88,9 @@ class SRSTE(Method):
     summary = "Train N:M from scratch: dynamic |W| masks, STE backward plus decay on pruned weights."
     stage = "during_training"
 
+    def nm_pattern(self):
+        return self.config.n, self.config.m
+
     def apply(self, model, targets):
         cfg = self.config
         require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")

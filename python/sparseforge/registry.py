@@ -152,10 +152,20 @@ class Method:
         return self.model
 
     # -- inference --------------------------------------------------------------------------------
+    def nm_pattern(self) -> tuple[int, int] | None:
+        """``(n, m)`` when the method's result is N:M sparse (so export can use the N:M kernel)."""
+        return None
+
     def export(self, model: nn.Module) -> nn.Module:
-        """Returns a model for inference. The default bakes the masks into plain dense weights."""
+        """Returns a model for inference: N:M methods swap eligible Linears for kernel-backed
+        ``NMLinear``; every other mask is baked into a plain dense weight."""
+        from . import nn as sf_nn
         from .masking import bake_masks
 
+        pattern = self.nm_pattern()
+        export_nm = getattr(sf_nn, "export_nm", None)
+        if pattern is not None and export_nm is not None:
+            model = export_nm(model, *pattern)
         return bake_masks(model)
 
     @classmethod
