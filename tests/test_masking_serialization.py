@@ -118,3 +118,17 @@ def test_deepcopy_then_export_leaves_original_intact(mlp):
     assert get_mask(mlp[0]) is not None
     plain = plain_copy(mlp)
     assert type(plain[2]) is nn.Linear and get_mask(mlp[2]) is not None
+
+
+def test_file_stores_the_weights_once(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    sf.sparsify(model, "magnitude", sparsity=0.5)
+    sf.save(model, tmp_path / "m.sf")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    size, plain = (tmp_path / "m.sf").stat().st_size, (tmp_path / "sd.pt").stat().st_size
+    # the architecture is pickled without its tensors; masks cost 1 bit per weight
+    assert size < 1.15 * plain, (size, plain)
+    loaded = sf.load(tmp_path / "m.sf")
+    x = torch.randn(2, 256)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

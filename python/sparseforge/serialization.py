@@ -33,6 +33,31 @@ def _unpack(packed: dict) -> torch.Tensor:
     return flat[: shape.numel()].reshape(shape)
 
 
+def _strip_state(model: nn.Module) -> nn.Module:
+    """Moves every parameter and persistent buffer to the meta device (in place): the state dict
+    carries them, so the pickled architecture need not store the weights a second time."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                module._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                module._buffers[name] = b.to("meta")
+    return model
+
+
+def _materialize(model: nn.Module, device) -> nn.Module:
+    """Inverse of :func:`_strip_state`: allocates the meta tensors (load_state_dict fills them)."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and p.is_meta:
+                module._parameters[name] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None and b.is_meta:
+                module._buffers[name] = torch.empty_like(b, device=device)
+    return model
+
+
 def _import(path: str) -> type:
     import importlib
 
@@ -82,7 +107,7 @@ def save(model: nn.Module, path: str | os.PathLike | io.BufferedIOBase, *, inclu
         "originals": originals,
     }
     if include_module:
-        skeleton = plain_copy(model)
+        skeleton = _strip_state(plain_copy(model))
         skeleton.__dict__.pop("_sparseforge_method", None)
         skeleton.__dict__.pop("_sparseforge_history", None)
         payload["module"] = skeleton
@@ -108,7 +133,7 @@ def load(path: str | os.PathLike | io.BufferedIOBase, model: nn.Module | None = 
     if model is None:
         if "module" not in payload:
             raise ValueError(f"{path!r} was saved with include_module=False: pass the architecture as model=")
-        model = payload["module"]
+        model = _materialize(payload["module"], map_location)
     modules = dict(model.named_modules())
     for key, entries in payload["sparse"].items():
         fqn, _, name = key.rpartition(".")
