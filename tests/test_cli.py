@@ -49,3 +49,15 @@ def test_user_mistakes_exit_2_without_traceback(cli, args, needle):
     assert out.returncode == 2, out
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name,extra", [("srste", []), ("pgf", ["--mode", "sdgf_stepwise"]), ("bdwp", ["--n", "2", "--m", "4"]),
+                                        ("cast", [])])
+def test_run_training_methods(cli, name, extra):
+    """Each stage runs through the CLI: from scratch (srste, pgf, bdwp) and from the dense model (cast)."""
+    res = json.loads(cli("run", name, *extra, "--epochs", "3", "--no-progress", "--json", check=True).stdout)
+    cfg = res["config"]
+    n, m = cfg["n"], cfg["m"]
+    assert res["sparse"]["sparsity"] > 0.3
+    assert res["sparse"]["accuracy"] > 0.6, res
+    assert cfg["method"] == name and n < m
