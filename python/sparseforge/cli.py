@@ -7,11 +7,9 @@ message; only bugs show a traceback.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
-import time
 import types
 import typing
 
@@ -141,57 +139,27 @@ def parse_config_args(method_cls, extra: list[str]) -> dict:
 def cmd_run(args, extra: list[str]) -> int:
     import torch
 
-    from .api import make_config, method_of, sparsify
-    from .data import build_model, load_dataset
+    from .api import make_config
+    from .jobs import JobSpec, run_job
     from .registry import get_method
     from .report import sparsity_report
-    from .training import TrainConfig, evaluate, train
 
     cls = get_method(args.name)
     cfg_values = parse_config_args(cls, extra)
     make_config(cls, **cfg_values)  # validate before any training starts
-    progress = not args.no_progress
-    try:
-        data = load_dataset(args.data)
-    except RuntimeError as exc:
-        raise UsageError(str(exc)) from None
-    torch.manual_seed(args.seed)
-    tcfg = TrainConfig(epochs=args.epochs, seed=args.seed, lr=args.lr)
-    t0 = time.perf_counter()
-
-    dense = build_model(args.model, data.image_shape, data.num_classes, seed=args.seed)
-    init_state = copy.deepcopy(dense.state_dict())
-    dense = train(dense, data.x_train, data.y_train, tcfg, desc="dense", progress=progress)
-    dense_acc = evaluate(dense, data.x_test, data.y_test)
-
     exclude = [":last"] if args.exclude is None else [e for e in args.exclude if e != "none"]
-    kwargs = {"targets": args.target or None, "exclude": exclude or None}
-    if cls.stage == "fine_tuning":
-        model = sparsify(copy.deepcopy(dense), args.name, **kwargs, **cfg_values)
-        ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs or max(1, args.epochs // 2), lr=args.lr / 3)
-        model = train(model, data.x_train, data.y_train, ft, method=method_of(model), desc=args.name,
-                      progress=progress)
-    elif cls.stage == "post_training":
-        model = sparsify(copy.deepcopy(dense), args.name, **kwargs, **cfg_values)
-        if args.finetune_epochs:
-            ft = dataclasses.replace(tcfg, epochs=args.finetune_epochs, lr=args.lr / 10)
-            model = train(model, data.x_train, data.y_train, ft, desc="fine-tune", progress=progress)
-    else:
-        model = build_model(args.model, data.image_shape, data.num_classes, seed=args.seed)
-        model.load_state_dict(init_state)
-        model = sparsify(model, args.name, **kwargs, **cfg_values)
-        bound = method_of(model) if cls.stage == "during_training" else None
-        model = train(model, data.x_train, data.y_train, tcfg, method=bound, desc=args.name, progress=progress)
-    sparse_acc = evaluate(model, data.x_test, data.y_test)
-    elapsed = time.perf_counter() - t0
-
-    rd, rs = sparsity_report(dense), sparsity_report(model)
-    result = {
-        "method": args.name, "model": args.model, "data": args.data, "config": method_of(model).config.to_dict(),
-        "dense": {"accuracy": dense_acc, "sparsity": rd.sparsity, "weight_bytes": rd.dense_bytes()},
-        "sparse": {"accuracy": sparse_acc, "sparsity": rs.sparsity, "weight_bytes": rs.sparse_bytes()},
-        "seconds": elapsed,
-    }
+    spec = JobSpec(args.name, cfg_values, args.model, args.data, args.epochs, args.finetune_epochs, args.lr,
+                   args.seed, args.target or None, exclude, progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    try:
+        model, result = run_job(spec)
+    except RuntimeError as exc:
+        if "data set" in str(exc):  # a bundled data set that is not installed here
+            raise UsageError(str(exc)) from None
+        raise
+    dense_acc, sparse_acc = result["dense"]["accuracy"], result["sparse"]["accuracy"]
+    rd, rs = result["dense"], result["sparse"]
+    elapsed = result["seconds"]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -199,13 +167,14 @@ def cmd_run(args, extra: list[str]) -> int:
           f"config {json.dumps({k: v for k, v in result['config'].items() if k not in ('method', 'version')})})")
     rows = [
         ["test accuracy", f"{dense_acc:.4f}", f"{sparse_acc:.4f}", f"{sparse_acc - dense_acc:+.4f}"],
-        ["weight sparsity", f"{rd.sparsity:.4f}", f"{rs.sparsity:.4f}", ""],
-        ["weight bytes", f"{rd.dense_bytes():,}", f"{rs.sparse_bytes():,}", f"{rs.sparse_bytes() / rd.dense_bytes():.3f}x"],
+        ["weight sparsity", f"{rd['sparsity']:.4f}", f"{rs['sparsity']:.4f}", ""],
+        ["weight bytes", f"{rd['weight_bytes']:,}", f"{rs['weight_bytes']:,}",
+         f"{rs['weight_bytes'] / rd['weight_bytes']:.3f}x"],
     ]
     print(format_table(["", "dense", "sparse", "change"], rows, align="lrrr"))
     if args.layers:
         print()
-        print(rs)
+        print(sparsity_report(model))
     print(f"\n{elapsed:.1f} s; weight bytes count each layer in its smallest format (dense, CSR or N:M)")
     return 0
 
