@@ -179,6 +179,35 @@ def cmd_run(args, extra: list[str]) -> int:
     return 0
 
 
+# -- bench ------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_bench
+    from .bench.report import table, to_html, to_json
+    from .registry import method_names
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    known = method_names()
+    for m in methods or []:
+        if m not in known:
+            from .registry import UnknownMethodError
+
+            raise UnknownMethodError(m, known)
+    backends = tuple(b.strip() for b in args.backends.split(","))
+    cfg = BenchConfig(methods=methods, backends=backends, quick=args.quick, progress=not args.no_progress)
+    result = run_bench(cfg)
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(result))
+    if args.html:
+        with open(args.html, "w") as f:
+            f.write(to_html(result))
+        print(f"report: {args.html}")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------------
 
 
@@ -214,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--layers", action="store_true", help="also print the per-layer sparsity report")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--no-progress", action="store_true")
+    pb = sub.add_parser("bench", help="every method x backend: quality, sparsity, speed vs dense", allow_abbrev=False)
+    pb.add_argument("--quick", action="store_true", help="short training and a smaller speed workload")
+    pb.add_argument("--methods", help="comma-separated method names (default: all registered)")
+    pb.add_argument("--backends", default="cpu,reference", help="comma-separated: cpu, reference, wasm, cuda")
+    pb.add_argument("--json", help="write the results as JSON to this path")
+    pb.add_argument("--html", help="write an HTML report with plots to this path")
+    pb.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -230,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         return cmd_run(args, extra)
     except UnknownMethodError as exc:
         return _fail(str(exc))
