@@ -104,26 +104,35 @@ void gemv_rows(const NmGemmArgs& a, int64_t r, const HalfDecode& dec, int bits, 
 // acc (NV vectors) += sum_j v[j] * xt[off[j] bytes .. + 8*NV floats], S interleaved accumulator sets.
 template <int NV, int S>
 void gemm_row(const char* xt, const float* v, const int32_t* off, int64_t cnt, float* yt) {
-  __m256 acc[S][NV];
-  for (int t = 0; t < NV; ++t) acc[0][t] = _mm256_loadu_ps(yt + 8 * t);
-  for (int s = 1; s < S; ++s)
-    for (int t = 0; t < NV; ++t) acc[s][t] = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + S <= cnt; j += S) {
+  // One flat array, fully unrolled loops: GCC keeps every accumulator in a register (a 2-D array made it
+  // spill all of them to the stack on every iteration).
+  __m256 acc[S * NV];
+#pragma GCC unroll 64
+  for (int t = 0; t < NV; ++t) acc[t] = _mm256_loadu_ps(yt + 8 * t);
+#pragma GCC unroll 64
+  for (int t = NV; t < S * NV; ++t) acc[t] = _mm256_setzero_ps();
+  const int64_t full = cnt / S * S;
+  for (int64_t j = 0; j < full; j += S) {
+#pragma GCC unroll 64
     for (int s = 0; s < S; ++s) {
       const __m256 bv = _mm256_broadcast_ss(v + j + s);
       const float* p = reinterpret_cast<const float*>(xt + off[j + s]);
-      for (int t = 0; t < NV; ++t) acc[s][t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(p + 8 * t), acc[s][t]);
+#pragma GCC unroll 64
+      for (int t = 0; t < NV; ++t) acc[s * NV + t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(p + 8 * t), acc[s * NV + t]);
     }
   }
-  for (; j < cnt; ++j) {
+  for (int64_t j = full; j < cnt; ++j) {
     const __m256 bv = _mm256_broadcast_ss(v + j);
     const float* p = reinterpret_cast<const float*>(xt + off[j]);
-    for (int t = 0; t < NV; ++t) acc[0][t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(p + 8 * t), acc[0][t]);
+#pragma GCC unroll 64
+    for (int t = 0; t < NV; ++t) acc[t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(p + 8 * t), acc[t]);
   }
+#pragma GCC unroll 64
   for (int s = 1; s < S; ++s)
-    for (int t = 0; t < NV; ++t) acc[0][t] = _mm256_add_ps(acc[0][t], acc[s][t]);
-  for (int t = 0; t < NV; ++t) _mm256_storeu_ps(yt + 8 * t, acc[0][t]);
+#pragma GCC unroll 64
+    for (int t = 0; t < NV; ++t) acc[t] = _mm256_add_ps(acc[t], acc[s * NV + t]);
+#pragma GCC unroll 64
+  for (int t = 0; t < NV; ++t) _mm256_storeu_ps(yt + 8 * t, acc[t]);
 }
 
 using GemmRowFn = void (*)(const char*, const float*, const int32_t*, int64_t, float*);
@@ -180,9 +189,12 @@ void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int6
   const bool half = (2 * n == m) && m <= 8;
   // K block: the tile rows it touches (kb * btp floats) fit comfortably in L1; a multiple of 16 and of m.
   const int64_t unit = 16 * m;
-  const int64_t kb = std::max<int64_t>(unit, (24576 / (btp * 4)) / unit * unit);
+  // Measured on the Zen 5 test machine (48 KiB L1d, 1 MiB L2): a 48 KiB tile block (128 k x 64 batch)
+  // beat 24 KiB by ~15% at batch 64; the L2 serves the part that spills.
+  constexpr int64_t kL1 = 49152;
+  const int64_t kb = std::max<int64_t>(unit, (kL1 / (btp * 4)) / unit * unit);
   const int64_t jb = kb / m * n;
-  constexpr int64_t kRowBlock = 32;
+  constexpr int64_t kRowBlock = 128;  // rows whose partial sums (128 x Bt floats) stay in L2 across K blocks
   std::vector<float> yt(static_cast<size_t>(kRowBlock * btp));
   std::vector<int32_t> off(static_cast<size_t>(jb + 8));
   const GemmRowFn row_fn = gemm_row_for(nv);
