@@ -7,7 +7,7 @@
 namespace sparseforge {
 
 namespace {
-bool half_density(int n, int m) { return 2 * n == m && m <= 8; }
+bool half_density(int n, int m) { return 2 * n == m && (m == 2 || m == 4 || m == 8); }
 constexpr int64_t kBatchTile = 64;  // batch rows per transposed tile (8 ymm accumulators per weight row)
 }  // namespace
 
