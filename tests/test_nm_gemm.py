@@ -126,3 +126,52 @@ def test_empty_shapes():
     s, _, bias = make(5, 8, 2, 4, 1, seed=1)
     out = _C.nm_gemm(np.zeros((0, 8), np.float32), s.values.numpy(), s.meta.numpy(), 2, 4, 8)
     assert out.shape == (0, 5)
+
+
+def test_concurrent_callers_share_the_thread_pool():
+    # The kernel releases the GIL; several Python threads calling at once must each get their own answer
+    # (one uses the persistent pool, the others fall back to their own threads).
+    import threading
+
+    cases = [make(129, 256, 2, 4, b, seed=b) for b in (1, 3, 16, 1, 40, 2)]
+    expected = [run(s, x, bias) for s, x, bias in cases]
+    errors = []
+
+    def worker(i):
+        s, x, bias = cases[i]
+        for _ in range(20):
+            if not torch.equal(run(s, x, bias), expected[i]):
+                errors.append(i)
+
+    _C.set_num_threads(2)
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        _C.set_num_threads(0)
+    assert not errors
+
+
+def test_pool_survives_fork():
+    import multiprocessing as mp
+
+    s, x, bias = make(300, 1024, 2, 4, 16, seed=9)  # big enough to split over 2 threads
+    _C.set_num_threads(2)
+    try:
+        expected = run(s, x, bias)  # starts the pool in the parent
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply(_child_run, (s.values, s.meta, x, bias))
+    finally:
+        _C.set_num_threads(0)
+    assert torch.equal(got, expected)
+
+
+def _child_run(values, meta, x, bias):
+    _C.set_num_threads(2)
+    out = np.full((x.shape[0], values.shape[0]), np.nan, np.float32)
+    _C.nm_gemm(x.numpy(), values.numpy(), meta.numpy(), 2, 4, x.shape[1], bias.numpy(), out)
+    return torch.from_numpy(out)
