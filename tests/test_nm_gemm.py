@@ -175,3 +175,28 @@ def _child_run(values, meta, x, bias):
     out = np.full((x.shape[0], values.shape[0]), np.nan, np.float32)
     _C.nm_gemm(x.numpy(), values.numpy(), meta.numpy(), 2, 4, x.shape[1], bias.numpy(), out)
     return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 2), (4, 8), (2, 8)])
+@pytest.mark.parametrize("rows,k,batch", [(1, 16, 1), (37, 264, 1), (37, 264, 16), (9, 40, 70)])
+def test_bf16_weights_fp32_accumulate(monkeypatch, isa, n, m, rows, k, batch):
+    monkeypatch.setenv("SPARSEFORGE_ISA", isa)
+    s, x, bias = make(rows, k, n, m, batch, seed=rows + k + batch)
+    sb = s.to(torch.bfloat16)
+    ref = x.double() @ sb.to_dense().double().T + bias.double()  # the bf16-rounded weights, exactly
+    out = np.full((batch, rows), np.nan, np.float32)
+    _C.nm_gemm(x.numpy(), sb.values.view(torch.uint16).numpy(), sb.meta.numpy(), n, m, k, bias.numpy(), out, "bf16")
+    y = torch.from_numpy(out).double()
+    assert ((y - ref).abs() <= tolerance(x, sb.to(torch.float32))).all()
+
+
+def test_bf16_needs_the_explicit_format():
+    s, x, _ = make(8, 32, 2, 4, 1, seed=0)
+    raw = s.to(torch.bfloat16).values.view(torch.uint16).numpy()
+    with pytest.raises(TypeError, match="'values' must have dtype float32"):
+        _C.nm_gemm(x.numpy(), raw, s.meta.numpy(), 2, 4, 32)
+    with pytest.raises(TypeError, match="'values' must have dtype uint16"):
+        _C.nm_gemm(x.numpy(), s.values.numpy(), s.meta.numpy(), 2, 4, 32, None, None, "bf16")
+    with pytest.raises(ValueError, match="values_format"):
+        _C.nm_gemm(x.numpy(), s.values.numpy(), s.meta.numpy(), 2, 4, 32, None, None, "fp8")

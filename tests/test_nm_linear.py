@@ -193,3 +193,17 @@ def test_magnitude_unstructured_export_still_bakes(mlp):
     model = sf.sparsify(mlp, "magnitude", sparsity=0.5)
     out = sf.export(model)
     assert not any(isinstance(m, NMLinear) for m in out.modules())
+
+
+def test_bf16_weights_op_and_module():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 24)
+    layer = NMLinear.from_dense(lin, 2, 4, prune=True, mode="sparse", weight_dtype=torch.bfloat16)
+    assert layer.values.dtype == torch.bfloat16
+    x = torch.randn(3, 64)
+    ref = F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double())
+    torch.testing.assert_close(layer(x).double(), ref, rtol=1e-5, atol=1e-5)
+    layer(x).sum().backward()
+    assert layer.values.grad.dtype == torch.bfloat16
+    torch.library.opcheck(torch.ops.sparseforge.nm_linear.default,
+                          (x, layer.values.detach(), layer.meta, None, 2, 4, 64))

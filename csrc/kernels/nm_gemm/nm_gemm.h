@@ -24,7 +24,8 @@ inline int64_t nm_meta_row_bytes(int64_t k, int n, int m) { return (k / m * n * 
 struct NmGemmArgs {
   const float* x;
   int64_t ldx;
-  const float* values;
+  const float* values;          // fp32 kept values, or
+  const uint16_t* values_bf16;  // bf16 kept values (exactly one of the two is non-null); fp32 accumulate
   const uint8_t* meta;
   const float* bias;  // may be null
   float* y;

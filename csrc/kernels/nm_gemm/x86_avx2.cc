@@ -28,6 +28,21 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Value loaders: fp32, or bf16 widened to fp32 (a bf16 is the top half of an fp32).
+inline float scalar_f32(const float* p) { return *p; }
+inline float scalar_f32(const uint16_t* p) {
+  const uint32_t u = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline __m256 bcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline __m256 bcast(const uint16_t* p) { return _mm256_set1_ps(scalar_f32(p)); }
+
 inline unsigned read_index(const uint8_t* md, int64_t bit, int bits, unsigned mask) {
   unsigned w = md[bit >> 3];
   if ((bit & 7) + bits > 8) w |= static_cast<unsigned>(md[(bit >> 3) + 1]) << 8;
@@ -68,15 +83,15 @@ inline uint32_t load_meta(const uint8_t* p, int bytes, bool wide) {
 // Software prefetch distance for the value streams (bytes ahead). With 8 rows in flight the hardware
 // prefetchers alone leave ~15% of the bandwidth unused on the Zen test machine; 1 KiB ahead recovers it.
 constexpr int kPf = 1024;
-template <int R>
-void gemv_rows(const NmGemmArgs& a, int64_t r, const HalfDecode& dec, int bits, int64_t nnz, int64_t mrow,
-               int64_t chunks, int64_t csafe) {
+template <int R, typename T>
+void gemv_rows(const NmGemmArgs& a, const T* values, int64_t r, const HalfDecode& dec, int bits, int64_t nnz,
+               int64_t mrow, int64_t chunks, int64_t csafe) {
   const float* x = a.x;
-  const float* v[R];
+  const T* v[R];
   const uint8_t* md[R];
   __m256 acc[R];
   for (int i = 0; i < R; ++i) {
-    v[i] = a.values + (r + i) * nnz;
+    v[i] = values + (r + i) * nnz;
     md[i] = a.meta + (r + i) * mrow;
     acc[i] = _mm256_setzero_ps();
   }
@@ -87,7 +102,7 @@ void gemv_rows(const NmGemmArgs& a, int64_t r, const HalfDecode& dec, int bits, 
       if (kPf > 0 && (c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(v[i] + 8 * c) + kPf, _MM_HINT_T0);
       const __m256i idx = dec.idx(load_meta(md[i] + c * bits, bits, wide));
       const __m256 xs = _mm256_blend_ps(_mm256_permutevar8x32_ps(xl, idx), _mm256_permutevar8x32_ps(xh, idx), 0xF0);
-      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(v[i] + 8 * c), xs, acc[i]);
+      acc[i] = _mm256_fmadd_ps(load8(v[i] + 8 * c), xs, acc[i]);
     }
   };
   int64_t c = 0;
@@ -96,14 +111,14 @@ void gemv_rows(const NmGemmArgs& a, int64_t r, const HalfDecode& dec, int bits, 
   const unsigned mask = static_cast<unsigned>(a.m - 1);
   for (int i = 0; i < R; ++i) {
     float s = hsum(acc[i]);
-    for (int64_t j = chunks * 8; j < nnz; ++j) s += v[i][j] * x[(j / a.n) * a.m + read_index(md[i], j * bits, bits, mask)];
+    for (int64_t j = chunks * 8; j < nnz; ++j) s += scalar_f32(v[i] + j) * x[(j / a.n) * a.m + read_index(md[i], j * bits, bits, mask)];
     a.y[r + i] = s + (a.bias ? a.bias[r + i] : 0.0f);
   }
 }
 
 // acc (NV vectors) += sum_j v[j] * xt[off[j] bytes .. + 8*NV floats], S interleaved accumulator sets.
-template <int NV, int S>
-void gemm_row(const char* xt, const float* v, const int32_t* off, int64_t cnt, float* yt) {
+template <int NV, int S, typename T>
+void gemm_row(const char* xt, const T* v, const int32_t* off, int64_t cnt, float* yt) {
   // One flat array, fully unrolled loops: GCC keeps every accumulator in a register (a 2-D array made it
   // spill all of them to the stack on every iteration).
   __m256 acc[S * NV];
@@ -115,14 +130,14 @@ void gemm_row(const char* xt, const float* v, const int32_t* off, int64_t cnt, f
   for (int64_t j = 0; j < full; j += S) {
 #pragma GCC unroll 64
     for (int s = 0; s < S; ++s) {
-      const __m256 bv = _mm256_broadcast_ss(v + j + s);
+      const __m256 bv = bcast(v + j + s);
       const float* p = reinterpret_cast<const float*>(xt + off[j + s]);
 #pragma GCC unroll 64
       for (int t = 0; t < NV; ++t) acc[s * NV + t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(p + 8 * t), acc[s * NV + t]);
     }
   }
   for (int64_t j = full; j < cnt; ++j) {
-    const __m256 bv = _mm256_broadcast_ss(v + j);
+    const __m256 bv = bcast(v + j);
     const float* p = reinterpret_cast<const float*>(xt + off[j]);
 #pragma GCC unroll 64
     for (int t = 0; t < NV; ++t) acc[t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(p + 8 * t), acc[t]);
@@ -135,24 +150,28 @@ void gemm_row(const char* xt, const float* v, const int32_t* off, int64_t cnt, f
   for (int t = 0; t < NV; ++t) _mm256_storeu_ps(yt + 8 * t, acc[t]);
 }
 
-using GemmRowFn = void (*)(const char*, const float*, const int32_t*, int64_t, float*);
+template <typename T>
+using GemmRowFn = void (*)(const char*, const T*, const int32_t*, int64_t, float*);
 
-GemmRowFn gemm_row_for(int64_t nv) {
+template <typename T>
+GemmRowFn<T> gemm_row_for(int64_t nv) {
   switch (nv) {
-    case 1: return gemm_row<1, 8>;
-    case 2: return gemm_row<2, 4>;
-    case 3: return gemm_row<3, 4>;
-    case 4: return gemm_row<4, 3>;
-    case 5: return gemm_row<5, 2>;
-    case 6: return gemm_row<6, 2>;
-    case 7: return gemm_row<7, 1>;
-    default: return gemm_row<8, 1>;
+    case 1: return gemm_row<1, 8, T>;
+    case 2: return gemm_row<2, 4, T>;
+    case 3: return gemm_row<3, 4, T>;
+    case 4: return gemm_row<4, 3, T>;
+    case 5: return gemm_row<5, 2, T>;
+    case 6: return gemm_row<6, 2, T>;
+    case 7: return gemm_row<7, 1, T>;
+    default: return gemm_row<8, 1, T>;
   }
 }
 
 }  // namespace
 
-void nm_gemv_half_f32_avx2(const NmGemmArgs& a, int64_t r0, int64_t r1) {
+namespace {
+template <typename T>
+void gemv_impl(const NmGemmArgs& a, const T* values, int64_t r0, int64_t r1) {
   const int bits = nm_index_bits(a.m);
   const int64_t nnz = a.k / a.m * a.n;
   const int64_t mrow = nm_meta_row_bytes(a.k, a.n, a.m);
@@ -161,9 +180,17 @@ void nm_gemv_half_f32_avx2(const NmGemmArgs& a, int64_t r0, int64_t r1) {
   const int64_t csafe = mrow >= 4 ? std::min<int64_t>(chunks, (mrow - 4) / bits + 1) : 0;
   const HalfDecode dec(a.n, a.m, bits);
   int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) gemv_rows<8>(a, r, dec, bits, nnz, mrow, chunks, csafe);
-  for (; r + 4 <= r1; r += 4) gemv_rows<4>(a, r, dec, bits, nnz, mrow, chunks, csafe);
-  for (; r < r1; ++r) gemv_rows<1>(a, r, dec, bits, nnz, mrow, chunks, csafe);
+  for (; r + 8 <= r1; r += 8) gemv_rows<8>(a, values, r, dec, bits, nnz, mrow, chunks, csafe);
+  for (; r + 4 <= r1; r += 4) gemv_rows<4>(a, values, r, dec, bits, nnz, mrow, chunks, csafe);
+  for (; r < r1; ++r) gemv_rows<1>(a, values, r, dec, bits, nnz, mrow, chunks, csafe);
+}
+}  // namespace
+
+void nm_gemv_half_f32_avx2(const NmGemmArgs& a, int64_t r0, int64_t r1) {
+  if (a.values_bf16)
+    gemv_impl(a, a.values_bf16, r0, r1);
+  else
+    gemv_impl(a, a.values, r0, r1);
 }
 
 void nm_gemm_pack_xt_avx2(const float* x, int64_t ldx, int64_t bt, int64_t k, int64_t btp, float* xt) {
@@ -179,7 +206,9 @@ void nm_gemm_pack_xt_avx2(const float* x, int64_t ldx, int64_t bt, int64_t k, in
   }
 }
 
-void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int64_t bt, int64_t r0, int64_t r1) {
+namespace {
+template <typename T>
+void gemm_impl(const NmGemmArgs& a, const T* values, const float* xt, int64_t btp, int64_t bt, int64_t r0, int64_t r1) {
   const int n = a.n, m = a.m, bits = nm_index_bits(m);
   const unsigned imask = (1u << bits) - 1u;
   const int64_t nnz = a.k / m * n;
@@ -197,7 +226,7 @@ void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int6
   constexpr int64_t kRowBlock = 128;  // rows whose partial sums (128 x Bt floats) stay in L2 across K blocks
   std::vector<float> yt(static_cast<size_t>(kRowBlock * btp));
   std::vector<int32_t> off(static_cast<size_t>(jb + 8));
-  const GemmRowFn row_fn = gemm_row_for(nv);
+  const GemmRowFn<T> row_fn = gemm_row_for<T>(nv);
   const HalfDecode dec(n, m, bits);
   const __m256i vstride = _mm256_set1_epi32(stride);
   const __m256i hi8 = _mm256_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8);  // lanes 4..7 index the chunk's second 8 inputs
@@ -210,7 +239,7 @@ void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int6
       const int64_t k1 = std::min(a.k, k0 + kb);
       const int64_t j0 = k0 / m * n, j1 = k1 / m * n, cnt = j1 - j0;
       for (int64_t r = rb; r < re; ++r) {
-        const float* v = a.values + r * nnz;
+        const T* v = values + r * nnz;
         const uint8_t* md = a.meta + r * mrow;
         // Decode this block's indices into byte offsets of the tile rows.
         int64_t j = j0;
@@ -231,7 +260,8 @@ void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int6
         // Pull the next block of this row's values towards the cache while this one computes.
         if (j1 < nnz) {
           const char* nxt = reinterpret_cast<const char*>(v + j1);
-          for (int64_t p = 0; p < std::min<int64_t>(jb, nnz - j1) * 4; p += 64) _mm_prefetch(nxt + p, _MM_HINT_T0);
+          for (int64_t p = 0; p < std::min<int64_t>(jb, nnz - j1) * static_cast<int64_t>(sizeof(T)); p += 64)
+            _mm_prefetch(nxt + p, _MM_HINT_T0);
         }
         row_fn(xtb, v + j0, off.data(), cnt, yt.data() + (r - rb) * btp);
       }
@@ -242,6 +272,15 @@ void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int6
       for (int64_t b = 0; b < bt; ++b) a.y[b * a.ldy + r] = src[b] + bias;
     }
   }
+}
+
+}  // namespace
+
+void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int64_t bt, int64_t r0, int64_t r1) {
+  if (a.values_bf16)
+    gemm_impl(a, a.values_bf16, xt, btp, bt, r0, r1);
+  else
+    gemm_impl(a, a.values, xt, btp, bt, r0, r1);
 }
 
 }  // namespace sparseforge

@@ -90,8 +90,8 @@ class NMLinear(nn.Module):
         super().__init__()
         if not isinstance(weight, NMSparse):
             raise TypeError(f"NMLinear: argument 'weight' must be an NMSparse, got {type(weight).__name__}")
-        if weight.values.dtype != torch.float32:
-            raise TypeError(f"NMLinear: the kernel runs float32 weights, got {weight.values.dtype}")
+        if weight.values.dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"NMLinear: the kernel runs float32 or bfloat16 weights, got {weight.values.dtype}")
         if mode not in _MODES:
             raise ValueError(f"NMLinear: mode must be one of {_MODES}, got {mode!r}")
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
@@ -103,15 +103,19 @@ class NMLinear(nn.Module):
         self._dense_cache: tuple[int, torch.Tensor] | None = None
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, n: int = 2, m: int = 4, *, prune: bool = False, mode: str = "auto") -> "NMLinear":
+    def from_dense(cls, linear: nn.Linear, n: int = 2, m: int = 4, *, prune: bool = False, mode: str = "auto",
+                   weight_dtype: torch.dtype = torch.float32) -> "NMLinear":
         """From an ``nn.Linear`` (masked or not: its effective ``weight`` is used). ``prune=False`` requires
-        the weight to be N:M already (raises naming the first bad group); ``prune=True`` keeps the n largest."""
+        the weight to be N:M already (raises naming the first bad group); ``prune=True`` keeps the n largest.
+        ``weight_dtype=torch.bfloat16`` stores the kept values in bf16 (activations and sums stay fp32)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"NMLinear.from_dense(): argument 'linear' must be an nn.Linear, got {type(linear).__name__}")
         w = linear.weight.detach()
         if w.dtype != torch.float32:
             raise TypeError(f"NMLinear.from_dense(): the weight must be float32, got {w.dtype}")
         weight = NMSparse.from_dense(w.cpu().contiguous(), n, m, prune=prune)
+        if weight_dtype != torch.float32:
+            weight = weight.to(weight_dtype)
         bias = None if linear.bias is None else linear.bias.detach().cpu()
         return cls(weight, bias, mode=mode)
 
@@ -128,11 +132,11 @@ class NMLinear(nn.Module):
 
     def _dense_weight(self) -> torch.Tensor:
         if torch.is_grad_enabled() and self.values.requires_grad:
-            return self.weight  # training through the dense path: gradients reach `values`
+            return self.weight.float()  # training through the dense path: gradients reach `values`
         version = self.values._version
         if self._dense_cache is None or self._dense_cache[0] != version:
             with torch.no_grad():
-                self._dense_cache = (version, self.weight.contiguous())
+                self._dense_cache = (version, self.weight.float().contiguous())
         return self._dense_cache[1]
 
     # -- dispatch -------------------------------------------------------------------------------------
@@ -170,7 +174,8 @@ class NMLinear(nn.Module):
         usable = x.dtype == torch.float32 and x.device.type == "cpu"
         if usable and self.decide(batch).choice == "sparse":
             return torch.ops.sparseforge.nm_linear(x, self.values, self.meta, self.bias, self.n, self.m, self.in_features)
-        return F.linear(x, self._dense_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w = self._dense_weight()
+        return F.linear(x, w if w.dtype == x.dtype else w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

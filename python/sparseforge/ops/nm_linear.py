@@ -1,6 +1,7 @@
 """``sparseforge::nm_linear``: Y = X·Wᵀ + bias with W in :class:`sparseforge.formats.NMSparse` form.
 
-The op takes the format's plain tensors (``values``, ``meta``) plus ``n``, ``m``, ``k`` so that it has a
+Weights may be float32 or bfloat16 (bf16 weights, fp32 activations and accumulation: half the bytes
+again for the memory-bound batch-1 case). The op takes the format's plain tensors (``values``, ``meta``) plus ``n``, ``m``, ``k`` so that it has a
 fixed schema; :func:`nm_linear` is the user-facing wrapper that takes an ``NMSparse``. Forward runs the
 compiled ``nm_gemm`` kernel (fp32, CPU). Backward gives gradients for ``x``, ``bias`` and the kept
 ``values`` (the pattern itself is fixed), so an N:M model can be fine-tuned, and it is built from plain
@@ -43,8 +44,8 @@ def nm_dense(values: torch.Tensor, meta: torch.Tensor, n: int, m: int, k: int) -
 def _check(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor], n: int, m: int, k: int):
     if x.dtype != torch.float32:
         raise TypeError(f"nm_linear(): argument 'x' must be float32, got {x.dtype}")
-    if values.dtype != torch.float32:
-        raise TypeError(f"nm_linear(): the weight's values must be float32, got {values.dtype}")
+    if values.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"nm_linear(): the weight's values must be float32 or bfloat16, got {values.dtype}")
     if meta.dtype != torch.uint8:
         raise TypeError(f"nm_linear(): the weight's meta must be uint8, got {meta.dtype}")
     if bias is not None and bias.dtype != torch.float32:
@@ -61,8 +62,10 @@ def _nm_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: 
     rows = values.shape[0]
     x2 = x.detach().reshape(-1, k).contiguous()
     out = torch.empty(x2.shape[0], rows, dtype=torch.float32)
-    _C.nm_gemm(x2.numpy(), values.detach().contiguous().numpy(), meta.contiguous().numpy(), n, m, k,
-               None if bias is None else bias.detach().contiguous().numpy(), out.numpy())
+    v = values.detach().contiguous()
+    bf16 = v.dtype == torch.bfloat16  # bf16 weights, fp32 activations and accumulation
+    _C.nm_gemm(x2.numpy(), (v.view(torch.uint16) if bf16 else v).numpy(), meta.contiguous().numpy(), n, m, k,
+               None if bias is None else bias.detach().contiguous().numpy(), out.numpy(), "bf16" if bf16 else "f32")
     return out.reshape(*x.shape[:-1], rows)
 
 
@@ -88,11 +91,11 @@ def _backward(ctx, grad):
     cols = nm_columns(meta, n, m, k)
     gx = gv = gb = None
     if ctx.needs_input_grad[0]:
-        w = values.new_zeros(rows, k).scatter(1, cols, values)
+        w = g2.new_zeros(rows, k).scatter(1, cols, values.to(g2.dtype))
         gx = (g2 @ w).reshape(x.shape)
     if ctx.needs_input_grad[1]:
         # dL/dv[r, j] = sum_b g[b, r] * x[b, cols[r, j]]: the dense gradient read at the kept positions.
-        gv = (g2.t() @ x2).gather(1, cols)
+        gv = (g2.t() @ x2).gather(1, cols).to(values.dtype)
     if ctx.has_bias and ctx.needs_input_grad[3]:
         gb = g2.sum(0)
     return gx, gv, None, gb, None, None, None
