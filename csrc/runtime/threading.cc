@@ -37,7 +37,7 @@ struct Job {
   std::exception_ptr err;
 };
 
-thread_local bool t_in_worker = false;
+thread_local bool t_in_worker = false;  // a pool worker, or a caller while its job runs: nested calls run inline
 
 // Persistent workers: a kernel call costs a wake-up (a few µs), not a thread start (~20-50 µs each).
 // One job runs at a time; a concurrent caller that finds the pool busy spawns its own threads, and a
@@ -46,8 +46,8 @@ class Pool {
  public:
   std::mutex run_mu;  // held by the caller whose job owns the pool
 
-  void run(const std::shared_ptr<Job>& job) {
-    ensure_workers(static_cast<int>(job->chunks) - 1);
+  void run(const std::shared_ptr<Job>& job, int threads) {
+    ensure_workers(threads - 1);
     {
       std::lock_guard<std::mutex> lk(mu_);
       job_ = job;
@@ -150,20 +150,27 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     fn(0, n);
     return;
   }
-  const int64_t step = (n + chunks - 1) / chunks;
-  chunks = (n + step - 1) / step;
+  const int64_t threads = chunks;
   Pool& p = pool();
   std::unique_lock<std::mutex> busy(p.run_mu, std::try_to_lock);
   if (!busy.owns_lock()) {  // another caller is using the pool right now
-    spawn_threads(n, chunks, step, fn);
+    const int64_t step = (n + chunks - 1) / chunks;
+    spawn_threads(n, (n + step - 1) / step, step, fn);
     return;
   }
+  // Up to 4 chunks per thread, claimed dynamically: on a shared machine a preempted thread's share is
+  // picked up by the others instead of holding up the whole call. At most `threads` run at once.
+  chunks = std::min<int64_t>(threads * 4, (n + grain - 1) / grain);
+  const int64_t step = (n + chunks - 1) / chunks;
+  chunks = (n + step - 1) / step;
   auto job = std::make_shared<Job>();
   job->fn = &fn;
   job->n = n;
   job->step = step;
   job->chunks = chunks;
-  p.run(job);
+  t_in_worker = true;  // a parallel_for inside fn on this thread must not try_lock run_mu again
+  p.run(job, static_cast<int>(threads));
+  t_in_worker = false;
   if (job->err) std::rethrow_exception(job->err);
 }
 

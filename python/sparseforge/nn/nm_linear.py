@@ -159,7 +159,8 @@ class NMLinear(nn.Module):
                 return Decision("sparse", None, reason="not measured (inside torch.compile)")
             x = torch.randn(batch_bucket(batch), self.in_features)
             weight, bias = self.weight_nm, None if self.bias is None else self.bias.detach()
-            dense_w = self._dense_weight().detach()
+            with torch.no_grad():
+                dense_w = self._dense_weight()  # builds the cached dense copy the fallback would use
             sparse_ms, dense_ms = _measure(lambda t: nm_linear(t, weight, bias), lambda t: F.linear(t, dense_w, bias),
                                            x, repeats)
             ratio = dense_ms / sparse_ms
