@@ -80,6 +80,8 @@ def main(argv=None):
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "SPARSEFORGE_ISA")}
     print(f"sparseforge {sparseforge.__version__}, kernel {_C.kernel_for('nm_gemm')}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, env {env}", flush=True)
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} (2 cores shared with other jobs: ratios move with it)", flush=True)
     torch.manual_seed(0)
     results = []
     for out_f, in_f in shapes:
@@ -114,12 +116,15 @@ def main(argv=None):
     print()
     print(format_table(header, rows, "lrrrrrrllllr"))
     floor_ok = all(r["dispatched_ratio"] >= FLOOR for r in results)
-    print(f"\ndispatched >= {FLOOR}x everywhere: {'yes' if floor_ok else 'NO'} "
+    load_after = os.getloadavg()
+    print(f"\nload average after: {load_after[0]:.2f}")
+    print(f"dispatched >= {FLOOR}x everywhere: {'yes' if floor_ok else 'NO'} "
           f"(min {min(r['dispatched_ratio'] for r in results):.2f}x); repeats={repeats}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(command=" ".join([Path(sys.executable).name] + sys.argv), repeats=repeats,
                                    kernel=_C.kernel_for("nm_gemm"), torch=torch.__version__, threadpools=pools, env=env,
+                                   loadavg_before=load_before, loadavg_after=load_after,
                                    results=results), indent=1))
     print(f"wrote {out}")
 
