@@ -37,6 +37,14 @@ struct Job {
   std::exception_ptr err;
 };
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 thread_local bool t_in_worker = false;  // a pool worker, or a caller while its job runs: nested calls run inline
 
 // Persistent workers: a kernel call costs a wake-up (a few µs), not a thread start (~20-50 µs each).
@@ -52,6 +60,7 @@ class Pool {
       std::lock_guard<std::mutex> lk(mu_);
       job_ = job;
       ++gen_;
+      gen_atomic_.store(gen_, std::memory_order_release);
     }
     cv_work_.notify_all();
     work(*job);
@@ -66,6 +75,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::shared_ptr<Job> job_;
   uint64_t gen_ = 0;
+  std::atomic<uint64_t> gen_atomic_{0};  // gen_, readable without the lock for the short spin below
 
   void work(Job& j) {
     for (;;) {
@@ -97,6 +107,9 @@ class Pool {
   void loop(uint64_t seen) {
     t_in_worker = true;
     for (;;) {
+      // Spin briefly before sleeping: a model calls kernels back to back, and a futex wake-up on a busy
+      // machine can cost more than a whole GEMV chunk. ~50 µs of pause loops, then block.
+      for (int i = 0; i < 20000 && gen_atomic_.load(std::memory_order_acquire) == seen; ++i) cpu_relax();
       std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lk(mu_);
