@@ -207,3 +207,18 @@ def test_bf16_weights_op_and_module():
     assert layer.values.grad.dtype == torch.bfloat16
     torch.library.opcheck(torch.ops.sparseforge.nm_linear.default,
                           (x, layer.values.detach(), layer.meta, None, 2, 4, 64))
+
+
+def test_sparse_choice_keeps_only_the_sparse_bytes(monkeypatch):
+    clear_dispatch_cache()
+    layer = NMLinear.from_dense(nn.Linear(64, 32), 2, 4, prune=True)
+    from sparseforge.nn import nm_linear as mod
+
+    monkeypatch.setattr(mod, "_measure", lambda *a, **k: (1.0, 2.0))  # sparse measured 2x faster
+    assert layer.decide(1).choice == "sparse" and layer.decide(1).ratio == 2.0
+    assert layer._dense_cache is None
+    sparse_bytes = layer.values.numel() * 4 + layer.meta.numel()
+    assert sparse_bytes <= 0.532 * 64 * 32 * 4
+    monkeypatch.setattr(mod, "_measure", lambda *a, **k: (2.0, 1.0))
+    clear_dispatch_cache()
+    assert layer.decide(1).choice == "dense"

@@ -165,7 +165,7 @@ class NMLinear(nn.Module):
             ratio = dense_ms / sparse_ms
             d = Decision("sparse" if ratio > 1.0 else "dense", ratio, sparse_ms, dense_ms)
             _CACHE[key] = d
-            if d.choice == "sparse" and not self.training:
+            if d.choice == "sparse":
                 self._dense_cache = None  # sparse wins: keep only the ~0.53x sparse bytes
         return d
 
