@@ -1,1 +1,2 @@
 """Torch custom ops (``sparseforge::<op>``) over the compiled kernels in ``sparseforge._C``."""
+from .nm_linear import nm_linear
