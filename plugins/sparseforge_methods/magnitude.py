@@ -87,13 +87,3 @@ class Magnitude(Method):
                 apply_mask(t.module, flat[offset: offset + w.numel()].reshape(w.shape), t.param)
                 offset += w.numel()
         return model
-
-    def export(self, model):
-        """N:M patterns: every eligible Linear becomes a kernel-backed NMLinear; other masks are baked."""
-        if self.config.pattern == "unstructured":
-            return super().export(model)
-        from sparseforge.masking import bake_masks
-        from sparseforge.nn import export_nm
-
-        n, m = parse_nm(self.config.pattern)
-        return bake_masks(export_nm(model, n, m))
