@@ -1,0 +1,1 @@
+"""Loaders for the offline models and data sets, and deterministic generators of test matrices."""
