@@ -1,1 +1,2 @@
 """Sparse storage formats: pack/unpack, validate, interop with torch and scipy."""
+from .csr import CSR
