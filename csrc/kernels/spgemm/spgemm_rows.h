@@ -33,6 +33,7 @@ namespace {
 // partial product: then clearing and reading back the flags (32 per AVX2 instruction) costs about as
 // much as the products.
 constexpr int64_t kSpanPerFlop = 32;
+constexpr int64_t kSpanMinFlops = 64;
 // Up to this many columns a per-thread dense flag/value array is used rather than a hash table.
 constexpr int64_t kDenseListMaxCols = int64_t{1} << 22;
 
@@ -155,6 +156,17 @@ struct RowWorkspace {
     if (keys.size() < slots) keys.resize(slots);
     if (with_vals && vals.size() < slots) vals.resize(slots);
   }
+  std::vector<uint32_t> mark;  // symbolic pass: column j seen in this row iff mark[j] == stamp
+  uint32_t stamp = 0;
+  uint32_t next_stamp(int64_t cols) {
+    if (mark.size() < static_cast<size_t>(cols)) mark.assign(static_cast<size_t>(cols), 0);
+    if (++stamp == 0) {  // wrapped after 2^32 rows: start over
+      std::fill(mark.begin(), mark.end(), 0u);
+      stamp = 1;
+    }
+    return stamp;
+  }
+
   uint8_t* ensure_dense(int64_t cols, bool with_acc) {
     const size_t n = static_cast<size_t>(cols) + 64;  // slack: vector reads past the last column stay inside
     if (flags.size() < n) flags.assign(n, 0);
@@ -180,33 +192,18 @@ void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int
       continue;
     }
     int64_t count = 0;
-    int64_t wlo, whi;
-    column_span(ap, aj, bp, bj, s, e, &wlo, &whi);
-    if (whi - wlo + 1 <= f * kSpanPerFlop) {
-      uint8_t* flags = ws.ensure_dense(cols, false);
+    if (cols <= kDenseListMaxCols) {
+      // A stamp per column (the row's number): a column is new iff its stamp is not this row's. Nothing
+      // to clear between rows.
+      const uint32_t stamp = ws.next_stamp(cols);
+      uint32_t* mark = ws.mark.data();
       for (int64_t t = s; t < e; ++t) {
         const I k = aj[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
           const I j = bj[u];
-          count += 1 - flags[j];
-          flags[j] = 1;
+          count += mark[j] != stamp;
+          mark[j] = stamp;
         }
-      }
-      std::memset(flags + wlo, 0, static_cast<size_t>(whi - wlo + 1));
-    } else if (cols <= kDenseListMaxCols) {
-      // Dense flags without a span scan: count first touches, then clear by walking the products again.
-      uint8_t* flags = ws.ensure_dense(cols, false);
-      for (int64_t t = s; t < e; ++t) {
-        const I k = aj[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-          const I j = bj[u];
-          count += 1 - flags[j];
-          flags[j] = 1;
-        }
-      }
-      for (int64_t t = s; t < e; ++t) {
-        const I k = aj[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) flags[bj[u]] = 0;
       }
     } else {
       const int bits = log2_pow2_at_least(2 * static_cast<uint64_t>(std::min(f, cols)));
@@ -262,9 +259,15 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       P::scale(ax[s], bx + u0, nnz, cx + out);
       continue;
     }
-    int64_t wlo, whi;
-    column_span(ap, aj, bp, bj, s, e, &wlo, &whi);
-    if (whi - wlo + 1 <= f * kSpanPerFlop) {
+    // The span costs a load per term of A_i; only rows with many products can amortise the scan, so
+    // smaller rows skip it, and rows with f * kSpanPerFlop >= cols scan all columns without it.
+    int64_t wlo = 0, whi = cols - 1;
+    bool dense_span = f * kSpanPerFlop >= cols;
+    if (!dense_span && f >= kSpanMinFlops) {
+      column_span(ap, aj, bp, bj, s, e, &wlo, &whi);
+      dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
+    }
+    if (dense_span) {
       uint8_t* flags = ws.ensure_dense(cols, true);
       V* acc = ws.acc.data();
       for (int64_t t = s; t < e; ++t) {
@@ -284,7 +287,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       V* acc = ws.acc.data();
       I* oj = cj + out;
       V* ox = cx + out;
-      if (ws.keys.size() < static_cast<size_t>(f) + 1) ws.keys.resize(static_cast<size_t>(f) + 1);
+      if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
       I* list = ws.keys.data();
       int64_t n = 0;
       for (int64_t t = s; t < e; ++t) {
@@ -298,11 +301,11 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
           flags[j] = 1;
         }
       }
-      std::memcpy(oj, list, static_cast<size_t>(n) * sizeof(I));
+
       // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
       // with the order-preserving hash below; after a run of such rows, later rows go there, with a
       // retry every 256 rows. Either path gives identical output.
-      penalty = sort_keys_nearly_sorted(oj, n) ? std::max(0, penalty - 1) : penalty + 8;
+      penalty = P::sort_into(list, n, oj) ? std::max(0, penalty - 1) : penalty + 8;
       for (int64_t q = 0; q < n; ++q) {
         const I j = oj[q];
         ox[q] = acc[j];
@@ -361,6 +364,12 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
 
 // The portable pieces; an ISA policy overrides what it can do faster.
 struct ScalarPolicy {
+  // out[0..n) = list[0..n) sorted (keys unique). False when it was expensive (keys far from sorted).
+  template <typename I>
+  static bool sort_into(I* list, int64_t n, I* out) {
+    std::memcpy(out, list, static_cast<size_t>(n) * sizeof(I));
+    return sort_keys_nearly_sorted(out, n);
+  }
   template <typename V>
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];
