@@ -54,7 +54,18 @@ def raw(a, b):
 
 
 # Shapes that reach every path of csrc/kernels/spgemm/spgemm_rows.h.
+def interleaved_rows(rng, dt, it):
+    # Rows alternate between heavy fan-out (dense-span accumulator) and light rows (dense-list), so a
+    # path that left stale accumulator state behind would corrupt the next row.
+    heavy, light = rand_csr(60, 100, 60, rng, dt, it), rand_csr(60, 100, 3, rng, dt, it)
+    order = np.argsort(np.r_[np.arange(60) * 2, np.arange(60) * 2 + 1])
+    a = mats.canonical(sp.vstack([heavy, light]).tocsr()[order], dt)
+    a.indptr, a.indices = a.indptr.astype(it), a.indices.astype(it)
+    return a, rand_csr(100, 5000, 10, rng, dt, it)
+
+
 CASES = {
+    "interleaved_paths": interleaved_rows,
     "er_sparse": lambda rng, dt, it: (rand_csr(300, 500, 4, rng, dt, it), rand_csr(500, 400, 4, rng, dt, it)),
     "er_dense_rows": lambda rng, dt, it: (rand_csr(60, 200, 60, rng, dt, it), rand_csr(200, 150, 40, rng, dt, it)),
     "one_row": lambda rng, dt, it: (rand_csr(1, 50, 10, rng, dt, it), rand_csr(50, 70, 5, rng, dt, it)),

@@ -147,8 +147,9 @@ template <typename V, typename I>
 struct RowWorkspace {
   std::vector<I> keys;
   std::vector<V> vals;
-  // Dense accumulator: flags[j] = 1 iff column j is live, acc[j] its value; both all zero between rows.
-  // A byte per column rather than a bit: plain stores, no read-modify-write chain on a shared word.
+  // Dense accumulator: acc[j] is column j's value when mark[j] == stamp (else stale); flags[j] = 1 iff
+  // column j is live in the row (dense-span path only), all zero between rows. A byte per column, not a
+  // bit: plain stores, no read-modify-write chain on a shared word.
   std::vector<uint8_t> flags;
   std::vector<V> acc;
 
@@ -268,22 +269,31 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
     }
     if (dense_span) {
+      // acc may hold values of earlier rows (the dense-list path leaves them): the stamp restarts a
+      // column from 0 at its first touch in this row.
       uint8_t* flags = ws.ensure_dense(cols, true);
+      const uint32_t stamp = ws.next_stamp(cols);
+      uint32_t* mark = ws.mark.data();
       V* acc = ws.acc.data();
       for (int64_t t = s; t < e; ++t) {
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
           const I j = bj[u];
-          acc[j] += product(av, bx[u]);
+          const V old = mark[j] != stamp ? V(0) : acc[j];
+          acc[j] = old + product(av, bx[u]);
+          mark[j] = stamp;
           flags[j] = 1;
         }
       }
       P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, cj + out, cx + out);
     } else if (cols <= kDenseListMaxCols && penalty < 16) {
-      // Dense accumulator with a list of first touches (branch-free append); the list is nearly sorted
-      // when B's rows overlap little (stencils, FEM), and sort_pairs_nearly_sorted finishes it.
-      uint8_t* flags = ws.ensure_dense(cols, true);
+      // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
+      // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
+      // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
+      const uint32_t stamp = ws.next_stamp(cols);
+      uint32_t* mark = ws.mark.data();
+      if (ws.acc.size() < static_cast<size_t>(cols)) ws.acc.assign(static_cast<size_t>(cols), V(0));
       V* acc = ws.acc.data();
       I* oj = cj + out;
       V* ox = cx + out;
@@ -295,23 +305,19 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
           const I j = bj[u];
-          acc[j] += product(av, bx[u]);
+          const bool fresh = mark[j] != stamp;
+          const V old = fresh ? V(0) : acc[j];
+          acc[j] = old + product(av, bx[u]);
+          mark[j] = stamp;
           list[n] = j;
-          n += 1 - flags[j];
-          flags[j] = 1;
+          n += fresh;
         }
       }
-
       // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
       // with the order-preserving hash below; after a run of such rows, later rows go there, with a
       // retry every 256 rows. Either path gives identical output.
       penalty = P::sort_into(list, n, oj) ? std::max(0, penalty - 1) : penalty + 8;
-      for (int64_t q = 0; q < n; ++q) {
-        const I j = oj[q];
-        ox[q] = acc[j];
-        acc[j] = V(0);
-        flags[j] = 0;
-      }
+      for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
     } else {
       if (++hash_rows % 256 == 0) penalty = 0;
       // Order-preserving hash: slot = (j - lo) * size / span, linear probing into an overflow tail
@@ -374,8 +380,8 @@ struct ScalarPolicy {
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];
   }
-  // Writes the live columns in [lo, hi) in ascending order with their values, and clears flags and acc
-  // behind them. Skips 8 dead columns at a time.
+  // Writes the live columns in [lo, hi) in ascending order with their values, and clears their flags.
+  // Skips 8 dead columns at a time.
   template <typename V, typename I>
   static int64_t gather_flags(uint8_t* flags, int64_t lo, int64_t hi, V* acc, I* oj, V* ox) {
     int64_t n = 0, j = lo;
@@ -392,7 +398,6 @@ struct ScalarPolicy {
         flags[j] = 0;
         oj[n] = static_cast<I>(j);
         ox[n] = acc[j];
-        acc[j] = V(0);
         ++n;
       }
     }
