@@ -147,11 +147,14 @@ template <typename V, typename I>
 struct RowWorkspace {
   std::vector<I> keys;
   std::vector<V> vals;
-  // Dense accumulator: acc[j] is column j's value when mark[j] == stamp (else stale); flags[j] = 1 iff
-  // column j is live in the row (dense-span path only), all zero between rows. A byte per column, not a
-  // bit: plain stores, no read-modify-write chain on a shared word.
+  // Dense-span accumulator: flags[j] = 1 iff column j is live, acc[j] its value; both all zero between
+  // rows (the read-back clears them). A byte per column, not a bit: plain stores, no read-modify-write
+  // chain on a shared word.
   std::vector<uint8_t> flags;
   std::vector<V> acc;
+  // Dense-list accumulator: list_acc[j] is column j's value iff mark[j] == stamp, else stale; the stamp
+  // restarts a column at 0 on its first touch in a row, so nothing is cleared between rows.
+  std::vector<V> list_acc;
 
   void ensure_hash(size_t slots, bool with_vals) {
     if (keys.size() < slots) keys.resize(slots);
@@ -269,20 +272,14 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
     }
     if (dense_span) {
-      // acc may hold values of earlier rows (the dense-list path leaves them): the stamp restarts a
-      // column from 0 at its first touch in this row.
       uint8_t* flags = ws.ensure_dense(cols, true);
-      const uint32_t stamp = ws.next_stamp(cols);
-      uint32_t* mark = ws.mark.data();
       V* acc = ws.acc.data();
       for (int64_t t = s; t < e; ++t) {
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
           const I j = bj[u];
-          const V old = mark[j] != stamp ? V(0) : acc[j];
-          acc[j] = old + product(av, bx[u]);
-          mark[j] = stamp;
+          acc[j] += product(av, bx[u]);
           flags[j] = 1;
         }
       }
@@ -293,8 +290,8 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
       const uint32_t stamp = ws.next_stamp(cols);
       uint32_t* mark = ws.mark.data();
-      if (ws.acc.size() < static_cast<size_t>(cols)) ws.acc.assign(static_cast<size_t>(cols), V(0));
-      V* acc = ws.acc.data();
+      if (ws.list_acc.size() < static_cast<size_t>(cols)) ws.list_acc.resize(static_cast<size_t>(cols));
+      V* acc = ws.list_acc.data();
       I* oj = cj + out;
       V* ox = cx + out;
       if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
@@ -380,8 +377,8 @@ struct ScalarPolicy {
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];
   }
-  // Writes the live columns in [lo, hi) in ascending order with their values, and clears their flags.
-  // Skips 8 dead columns at a time.
+  // Writes the live columns in [lo, hi) in ascending order with their values, and clears flags and acc
+  // behind them. Skips 8 dead columns at a time.
   template <typename V, typename I>
   static int64_t gather_flags(uint8_t* flags, int64_t lo, int64_t hi, V* acc, I* oj, V* ox) {
     int64_t n = 0, j = lo;
@@ -398,6 +395,7 @@ struct ScalarPolicy {
         flags[j] = 0;
         oj[n] = static_cast<I>(j);
         ox[n] = acc[j];
+        acc[j] = V(0);
         ++n;
       }
     }

@@ -16,7 +16,7 @@
 namespace sparseforge {
 
 namespace {
-// Emits the 32 consecutive columns base.. with their values.
+// Emits the 32 consecutive columns base.. with their values and clears the accumulator behind them.
 template <typename V, typename I>
 inline void emit_run32(int64_t base, V* acc, I* oj, V* ox) {
   if constexpr (sizeof(I) == 4) {
@@ -31,10 +31,12 @@ inline void emit_run32(int64_t base, V* acc, I* oj, V* ox) {
   if constexpr (sizeof(V) == 4) {
     for (int q = 0; q < 32; q += 8) {
       _mm256_storeu_ps(reinterpret_cast<float*>(ox + q), _mm256_loadu_ps(reinterpret_cast<const float*>(acc + base + q)));
+      _mm256_storeu_ps(reinterpret_cast<float*>(acc + base + q), _mm256_setzero_ps());
     }
   } else {
     for (int q = 0; q < 32; q += 4) {
       _mm256_storeu_pd(reinterpret_cast<double*>(ox + q), _mm256_loadu_pd(reinterpret_cast<const double*>(acc + base + q)));
+      _mm256_storeu_pd(reinterpret_cast<double*>(acc + base + q), _mm256_setzero_pd());
     }
   }
 }
@@ -99,6 +101,7 @@ struct Avx2Policy {
         live &= live - 1;
         oj[n] = static_cast<I>(c);
         ox[n] = acc[c];
+        acc[c] = V(0);
         ++n;
       }
     }
@@ -107,6 +110,7 @@ struct Avx2Policy {
         flags[j] = 0;
         oj[n] = static_cast<I>(j);
         ox[n] = acc[j];
+        acc[j] = V(0);
         ++n;
       }
     }
