@@ -7,7 +7,8 @@
 //   2. "dense span": the columns C_i can span (from the first/last column of each B_k, B's rows being
 //      sorted) number at most kSpanPerFlop * f: dense accumulator (per-thread value array of B.cols plus a
 //      byte flag per column, all zero between rows); the flags of the span are read back in order, so no
-//      sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C;
+//      sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count equals its
+//      span is dense and needs no flags at all (and its symbolic pass stops once every column is seen);
 //   3. "dense list" (B.cols <= kDenseListMaxCols): the same dense accumulator plus a branch-free list of
 //      first touches, finished by an insertion sort (nearly sorted for stencils/FEM, whose B rows overlap
 //      little). The numeric pass leaves this path adaptively when rows' touch lists come out far from
@@ -201,7 +202,7 @@ void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int
       // to clear between rows.
       const uint32_t stamp = ws.next_stamp(cols);
       uint32_t* mark = ws.mark.data();
-      for (int64_t t = s; t < e; ++t) {
+      for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
         const I k = aj[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
           const I j = bj[u];
@@ -271,7 +272,23 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       column_span(ap, aj, bp, bj, s, e, &wlo, &whi);
       dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
     }
-    if (dense_span) {
+    if (dense_span && nnz == whi - wlo + 1) {
+      // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
+      ws.ensure_dense(cols, true);
+      V* acc = ws.acc.data();
+      for (int64_t t = s; t < e; ++t) {
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) acc[bj[u]] += product(av, bx[u]);
+      }
+      I* oj = cj + out;
+      V* ox = cx + out;
+      for (int64_t q = 0; q < nnz; ++q) {
+        oj[q] = static_cast<I>(wlo + q);
+        ox[q] = acc[wlo + q];
+        acc[wlo + q] = V(0);
+      }
+    } else if (dense_span) {
       uint8_t* flags = ws.ensure_dense(cols, true);
       V* acc = ws.acc.data();
       for (int64_t t = s; t < e; ++t) {
