@@ -79,6 +79,9 @@ def spgemm(a, b):
     try:
         indptr, indices, data = _run(ca, cb)
     except ValueError as exc:
+        if "not canonical CSR" in str(exc) and ka == "scipy":
+            raise ValueError(f"{exc} (for a scipy matrix, m.sum_duplicates() sums duplicates and sorts the "
+                             "indices in place)") from None
         if "int32 indices can address" not in str(exc):
             raise
         indptr, indices, data = _run(_as_int64(ca), _as_int64(cb))
