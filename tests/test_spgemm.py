@@ -230,3 +230,17 @@ def test_errors_name_the_argument():
     u.indices[u.indptr[r]:u.indptr[r + 1]] = u.indices[u.indptr[r]:u.indptr[r + 1]][::-1].copy()
     with pytest.raises(ValueError, match="unsorted"):
         spgemm(u, b)
+
+
+def test_more_rows_than_stamp_period(isa):
+    # The per-column stamps wrap every 65535 rows of a thread's range; results must not notice.
+    _C.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(11)
+        a, b = rand_csr(70_000, 60, 3, rng), rand_csr(60, 50, 6, rng)
+        c = spgemm(a, b)
+        r = scipy_ref(a, b)
+        check_same_structure(c, r)
+        np.testing.assert_array_equal(c.data, r.data)
+    finally:
+        _C.set_num_threads(0)

@@ -144,6 +144,8 @@ bool sort_keys_nearly_sorted(I* keys, int64_t n) {
   return true;
 }
 
+using Stamp = uint16_t;
+
 template <typename V, typename I>
 struct RowWorkspace {
   std::vector<I> keys;
@@ -161,12 +163,15 @@ struct RowWorkspace {
     if (keys.size() < slots) keys.resize(slots);
     if (with_vals && vals.size() < slots) vals.resize(slots);
   }
-  std::vector<uint32_t> mark;  // symbolic pass: column j seen in this row iff mark[j] == stamp
-  uint32_t stamp = 0;
-  uint32_t next_stamp(int64_t cols) {
+  // Column j was touched in this row iff mark[j] == stamp. Two bytes per column keep the array small
+  // (L1/L2 for tens of thousands of columns); the stamp wraps every 65535 rows, when the array is
+  // cleared (2 * B.cols bytes per 65535 rows).
+  std::vector<Stamp> mark;
+  Stamp stamp = 0;
+  Stamp next_stamp(int64_t cols) {
     if (mark.size() < static_cast<size_t>(cols)) mark.assign(static_cast<size_t>(cols), 0);
-    if (++stamp == 0) {  // wrapped after 2^32 rows: start over
-      std::fill(mark.begin(), mark.end(), 0u);
+    if (++stamp == 0) {
+      std::fill(mark.begin(), mark.end(), Stamp{0});
       stamp = 1;
     }
     return stamp;
@@ -200,8 +205,8 @@ void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int
     if (cols <= kDenseListMaxCols) {
       // A stamp per column (the row's number): a column is new iff its stamp is not this row's. Nothing
       // to clear between rows.
-      const uint32_t stamp = ws.next_stamp(cols);
-      uint32_t* mark = ws.mark.data();
+      const Stamp stamp = ws.next_stamp(cols);
+      Stamp* mark = ws.mark.data();
       for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
         const I k = aj[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
@@ -305,8 +310,8 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
       // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
       // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
-      const uint32_t stamp = ws.next_stamp(cols);
-      uint32_t* mark = ws.mark.data();
+      const Stamp stamp = ws.next_stamp(cols);
+      Stamp* mark = ws.mark.data();
       if (ws.list_acc.size() < static_cast<size_t>(cols)) ws.list_acc.resize(static_cast<size_t>(cols));
       V* acc = ws.list_acc.data();
       I* oj = cj + out;
