@@ -2,21 +2,24 @@
 // and x86_avx2.cc (P = AVX2 helpers); everything here has internal linkage, so each translation unit
 // keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
 //
-// Per row i with f = flop[i] partial products, in this order of preference:
+// Symbolic pass, per row i with f = flop[i] partial products: a row with one term of A counts nnz(B_k);
+// otherwise a 16-bit stamp per column (B.cols <= kDenseListMaxCols; nothing is cleared between rows, and
+// a row stops once it has every column), else a Fibonacci-hashed open-addressing set.
+//
+// Numeric pass, per row, in this order of preference:
 //   1. A_i has one entry: C_i is B_k scaled (already sorted and unique), no accumulator at all;
 //   2. "dense span": the columns C_i can span (from the first/last column of each B_k, B's rows being
-//      sorted) number at most kSpanPerFlop * f: dense accumulator (per-thread value array of B.cols plus a
-//      byte flag per column, all zero between rows); the flags of the span are read back in order, so no
-//      sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count equals its
-//      span is dense and needs no flags at all (and its symbolic pass stops once every column is seen);
-//   3. "dense list" (B.cols <= kDenseListMaxCols): the same dense accumulator plus a branch-free list of
-//      first touches, finished by an insertion sort (nearly sorted for stencils/FEM, whose B rows overlap
-//      little). The numeric pass leaves this path adaptively when rows' touch lists come out far from
-//      sorted (random columns), with a retry every 256 rows;
-//   4. open-addressing hash with linear probing (small, L1/L2-resident tables). Symbolic: Fibonacci
-//      hashing, a power of two >= 2 * min(f, cols) slots. Numeric: 2 * nnz(C_i) slots with an
-//      order-preserving hash (slot grows with the column) and an overflow tail instead of wrap-around,
-//      so keys come out nearly sorted and an insertion sort finishes them (std::sort if they are not).
+//      sorted; computed for rows with f >= kSpanMinFlops) number at most kSpanPerFlop * f: dense value
+//      array plus a byte flag per column (all zero between rows), flags read back in column order, so
+//      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count
+//      equals its span is dense and needs no flags at all;
+//   3. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
+//      a branch-free list of first touches, sorted by P::sort_into (scalar: insertion sort, good for the
+//      nearly sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively
+//      when lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
+//   4. open-addressing hash with linear probing: 2 * nnz(C_i) slots with an order-preserving hash
+//      (slot grows with the column) and an overflow tail instead of wrap-around, so keys come out
+//      nearly sorted and an insertion sort finishes them (std::sort if they are not).
 // Values are accumulated in A's row order in every path, so all paths give bit-identical results.
 #pragma once
 
@@ -35,7 +38,7 @@ namespace {
 // much as the products.
 constexpr int64_t kSpanPerFlop = 32;
 constexpr int64_t kSpanMinFlops = 64;
-// Up to this many columns a per-thread dense flag/value array is used rather than a hash table.
+// Up to this many columns per-thread dense stamp/value arrays are used rather than hash tables.
 constexpr int64_t kDenseListMaxCols = int64_t{1} << 22;
 
 // [first, last] column that row i of C can touch (B's rows are sorted, so their ends bound it).
