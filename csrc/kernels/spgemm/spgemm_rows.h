@@ -13,11 +13,13 @@
 //      array plus a byte flag per column (all zero between rows), flags read back in column order, so
 //      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count
 //      equals its span is dense and needs no flags at all;
-//   3. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
+//   3. (AVX2) no two products share a column (nnz(C_i) == f, e.g. random matrices): the products are
+//      rank-sorted by column with their values, no accumulator at all;
+//   4. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
 //      a branch-free list of first touches, sorted by P::sort_into (scalar: insertion sort, good for the
 //      nearly sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively
 //      when lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
-//   4. open-addressing hash with linear probing: 2 * nnz(C_i) slots with an order-preserving hash
+//   5. open-addressing hash with linear probing: 2 * nnz(C_i) slots with an order-preserving hash
 //      (slot grows with the column) and an overflow tail instead of wrap-around, so keys come out
 //      nearly sorted and an insertion sort finishes them (std::sort if they are not).
 // Values are accumulated in A's row order in every path, so all paths give bit-identical results.
@@ -309,6 +311,23 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
         }
       }
       P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, cj + out, cx + out);
+    } else if (nnz == f && P::kSortPairs) {
+      // No two products share a column (common for random matrices): C_i is the products themselves,
+      // sorted by column; no accumulator. 0 + p keeps scipy's sign of zero.
+      if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
+      if (ws.vals.size() < static_cast<size_t>(f) + 8) ws.vals.resize(static_cast<size_t>(f) + 8);
+      I* keys = ws.keys.data();
+      V* vals = ws.vals.data();
+      int64_t n = 0;
+      for (int64_t t = s; t < e; ++t) {
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+          keys[n] = bj[u];
+          vals[n] = V(0) + product(av, bx[u]);
+        }
+      }
+      P::sort_pairs_into(keys, vals, n, cj + out, cx + out);
     } else if (cols <= kDenseListMaxCols && penalty < 16) {
       // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
       // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
@@ -392,6 +411,13 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
 
 // The portable pieces; an ISA policy overrides what it can do faster.
 struct ScalarPolicy {
+  static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
+  template <typename I, typename V>
+  static void sort_pairs_into(I* keys, V* vals, int64_t n, I* oj, V* ox) {
+    std::memcpy(oj, keys, static_cast<size_t>(n) * sizeof(I));
+    std::memcpy(ox, vals, static_cast<size_t>(n) * sizeof(V));
+    sort_pairs_nearly_sorted(oj, ox, n);
+  }
   // out[0..n) = list[0..n) sorted (keys unique). False when it was expensive (keys far from sorted).
   template <typename I>
   static bool sort_into(I* list, int64_t n, I* out) {

@@ -5,7 +5,9 @@
 //     columns (the common case of dense output rows such as X·Xᵀ) emitted with 256-bit loads/stores;
 //   * scaled copies of single-term rows, 8 (f32) or 4 (f64) lanes at a time;
 //   * sorting a row's columns (int32, up to 160): a branch-free rank sort with 8-lane compares, so rows
-//     with random columns (Erdős–Rényi, R-MAT) stay on the dense accumulator instead of the hash.
+//     with random columns (Erdős–Rényi, R-MAT) stay on the dense accumulator instead of the hash;
+//   * rows whose products all have distinct columns (nnz(C_i) == flops, typical of random matrices):
+//     the products are rank-sorted with their values, with no accumulator at all.
 #if defined(SPARSEFORGE_HAVE_AVX2)
 #include <immintrin.h>
 
@@ -67,6 +69,36 @@ struct Avx2Policy {
     return true;
   }
   static bool sort_into(int64_t* list, int64_t n, int64_t* out) { return ScalarPolicy::sort_into(list, n, out); }
+
+  // The same rank sort carrying a value per key (unique keys; the key array has 8 slots of slack).
+  static constexpr bool kSortPairs = true;
+  template <typename V>
+  static void sort_pairs_into(int32_t* keys, V* vals, int64_t n, int32_t* oj, V* ox) {
+    if (n > kRankSortMax) return ScalarPolicy::sort_pairs_into(keys, vals, n, oj, ox);
+    const int64_t n8 = (n + 7) & ~int64_t{7};
+    for (int64_t q = n; q < n8; ++q) keys[q] = INT32_MAX;
+    alignas(32) int32_t rank[8];
+    for (int64_t i = 0; i < n; i += 8) {
+      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
+      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
+      int64_t jj = 0;
+      for (; jj + 2 <= n; jj += 2) {
+        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
+        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj + 1])));
+      }
+      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
+      const int64_t lanes = std::min<int64_t>(8, n - i);
+      for (int64_t q = 0; q < lanes; ++q) {
+        oj[rank[q]] = keys[i + q];
+        ox[rank[q]] = vals[i + q];
+      }
+    }
+  }
+  template <typename V>
+  static void sort_pairs_into(int64_t* keys, V* vals, int64_t n, int64_t* oj, V* ox) {
+    ScalarPolicy::sort_pairs_into(keys, vals, n, oj, ox);
+  }
 
   static void scale(float a, const float* x, int64_t n, float* y) {
     const __m256 va = _mm256_set1_ps(a);
