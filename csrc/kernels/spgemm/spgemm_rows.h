@@ -59,6 +59,18 @@ inline void column_span(const I* ap, const I* aj, const I* bp, const I* bj, int6
   *whi = hi;
 }
 
+// Rows of B are visited in A's (random) column order: fetch the row kPrefetchAhead terms ahead of the
+// one being accumulated (the lookahead runs on into the next rows of A), so its cache misses overlap work.
+constexpr int64_t kPrefetchAhead = 4;
+template <typename I, typename V>
+inline void prefetch_b_row(const I* aj, int64_t t, int64_t nnz_a, const I* bp, const I* bj, const V* bx) {
+  if (t < nnz_a) {
+    const int64_t u = bp[aj[t]];
+    __builtin_prefetch(bj + u);
+    if (bx != nullptr) __builtin_prefetch(bx + u);
+  }
+}
+
 // Keeps a*b from being contracted into an FMA with the following add, so every ISA (and scipy) rounds
 // the same way and values agree bit for bit.
 template <typename V>
@@ -194,6 +206,7 @@ template <class P, typename I>
 void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop, int64_t r0,
                    int64_t r1, I* counts) {
   RowWorkspace<char, I> ws;
+  const int64_t nnz_a = a.indptr[a.rows];
   const I* ap = a.indptr;
   const I* aj = a.indices;
   const I* bp = b.indptr;
@@ -213,6 +226,7 @@ void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int
       const Stamp stamp = ws.next_stamp(cols);
       Stamp* mark = ws.mark.data();
       for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
+        prefetch_b_row<I, char>(aj, t + kPrefetchAhead, nnz_a, bp, bj, nullptr);
         const I k = aj[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
           const I j = bj[u];
@@ -253,6 +267,7 @@ template <class P, typename V, typename I>
 void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, int64_t r1,
                   const I* cp, I* cj, V* cx) {
   RowWorkspace<V, I> ws;
+  const int64_t nnz_a = a.indptr[a.rows];
   const I* ap = a.indptr;
   const I* aj = a.indices;
   const V* ax = a.data;
@@ -287,6 +302,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       ws.ensure_dense(cols, true);
       V* acc = ws.acc.data();
       for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) acc[bj[u]] += product(av, bx[u]);
@@ -302,6 +318,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       uint8_t* flags = ws.ensure_dense(cols, true);
       V* acc = ws.acc.data();
       for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
@@ -320,6 +337,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       V* vals = ws.vals.data();
       int64_t n = 0;
       for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
@@ -342,6 +360,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       I* list = ws.keys.data();
       int64_t n = 0;
       for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
@@ -373,6 +392,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
       V* vals = ws.vals.data();
       std::fill(keys, keys + len, I(-1));
       for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
         const I k = aj[t];
         const V av = ax[t];
         for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
