@@ -244,3 +244,21 @@ def test_more_rows_than_stamp_period(isa):
         np.testing.assert_array_equal(c.data, r.data)
     finally:
         _C.set_num_threads(0)
+
+
+def test_allocates_exactly_the_output():
+    # DESIGN.md: SpGEMM allocates the exact output (plus per-thread row workspace, which lives in C++).
+    # tracemalloc sees numpy's allocations: the peak must be C's three arrays and nothing the size of C again.
+    import tracemalloc
+
+    rng = np.random.default_rng(12)
+    a, b = rand_csr(3000, 2000, 10, rng), rand_csr(2000, 2500, 10, rng)
+    spgemm(a, b)  # warm up imports and caches
+    tracemalloc.start()
+    try:
+        c = spgemm(a, b)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out = c.indptr.nbytes + c.indices.nbytes + c.data.nbytes
+    assert out <= peak <= out + 64 * 1024, (peak, out)
