@@ -262,3 +262,23 @@ def test_allocates_exactly_the_output():
         tracemalloc.stop()
     out = c.indptr.nbytes + c.indices.nbytes + c.data.nbytes
     assert out <= peak <= out + 64 * 1024, (peak, out)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_two_threads_split_rows_identically(isa, index_dtype):
+    # Big enough (> 2M partial products) for the row split to use both threads; results must not change.
+    rng = np.random.default_rng(13)
+    a, b = rand_csr(4000, 3000, 16, rng, index_dtype=index_dtype), rand_csr(3000, 5000, 40, rng, index_dtype=index_dtype)
+    assert _C.spgemm_row_flops(a.indptr, a.indices, a.shape, b.indptr, b.shape).sum() > 2 << 20
+    try:
+        _C.set_num_threads(1)
+        one = raw(a, b)
+        _C.set_num_threads(2)
+        two = raw(a, b)
+    finally:
+        _C.set_num_threads(0)
+    for x, y in zip(one, two):
+        np.testing.assert_array_equal(x, y)
+    r = scipy_ref(a, b)
+    np.testing.assert_array_equal(two[1], r.indices)
+    np.testing.assert_array_equal(two[2], r.data)

@@ -23,7 +23,7 @@ int64_t spgemm_row_flops(const CsrRef<void, I>& a, const CsrRef<void, I>& b, int
   std::vector<int64_t> partial(static_cast<size_t>(nt) + 1, 0);
   const int64_t m = a.rows;
   // Evenly split by rows; every chunk is O(nnz(A) / threads) index reads.
-  const int64_t grain = 16384;
+  const int64_t grain = 65536;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(nt, (m + grain - 1) / grain));
   const int64_t step = (m + chunks - 1) / std::max<int64_t>(chunks, 1);
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -62,8 +62,9 @@ void spgemm_balance_rows(const int64_t* flop, int64_t m, int parts, int64_t* bou
 
 namespace {
 int spgemm_parts(int64_t total_flop, int64_t rows) {
-  // Below ~64k partial products a second thread costs more to start than it saves.
-  const int64_t by_work = std::max<int64_t>(1, (total_flop + rows) / 65536);
+  // A thread per ~1M partial products (about a millisecond): below that, starting and joining a thread
+  // (worse on a busy machine, where it waits for a time slice) costs more than it saves.
+  const int64_t by_work = std::max<int64_t>(1, (total_flop + rows) >> 20);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), by_work)));
 }
 }  // namespace
@@ -115,7 +116,7 @@ std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, in
              std::to_string(static_cast<int64_t>(indptr[i + 1])) + " < indptr[" + std::to_string(i) + "] = " +
              std::to_string(static_cast<int64_t>(indptr[i]));
   std::atomic<int64_t> bad_row{rows};
-  const int64_t grain = std::max<int64_t>(1, rows * 65536 / std::max<int64_t>(nnz + rows, 1));
+  const int64_t grain = std::max<int64_t>(1, rows * (int64_t{1} << 18) / std::max<int64_t>(nnz + rows, 1));
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       I prev = -1;
