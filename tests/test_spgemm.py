@@ -139,14 +139,17 @@ def test_families_equal_scipy(family, isa):
 
 def test_fem_equal_scipy(isa):
     pytest.importorskip("pyamg")
-    for name in ("airfoil", "unit_cube"):
+    for name in ("airfoil", "unit_cube", "bar"):  # bar's square has 7168 entries that cancel to exactly 0
         a, b = mats.fem(name)
-        c = spgemm(a, b)
-        r = scipy_ref(a, b)
-        r.eliminate_zeros()
-        c.eliminate_zeros()  # FEM products may cancel to exact zeros, which scipy drops
+        r = (a @ b).tocsr()  # scipy drops exact zeros
+        r.sort_indices()
+        c = spgemm(a, b, drop_zeros=True)
         check_same_structure(c, r)
         np.testing.assert_array_equal(c.data, r.data)
+        full = spgemm(a, b)  # the structural product keeps them
+        assert full.nnz - c.nnz == (full.data == 0).sum()
+        full.eliminate_zeros()
+        check_same_structure(full, c)
 
 
 def test_tfidf_equal_scipy(isa):
@@ -157,6 +160,15 @@ def test_tfidf_equal_scipy(isa):
     r = scipy_ref(x, xt)
     check_same_structure(c, r)
     np.testing.assert_array_equal(c.data, r.data)
+
+
+def test_drop_zeros_with_empty_rows():
+    a = sp.csr_matrix(np.array([[1.0, 1.0, 0], [0, 0, 0], [1, -1, 0], [0, 0, 0]]))
+    b = sp.csr_matrix(np.array([[1.0, 0, 2], [1.0, 0, 2], [0, 0, 0]]))
+    c = spgemm(a, b, drop_zeros=True)
+    r = (a @ b).tocsr()
+    check_same_structure(c, r)
+    assert spgemm(a, b).nnz == 4 and c.nnz == 2
 
 
 def test_partial_product_count():

@@ -36,7 +36,7 @@ def _kind(x) -> str:
                     f"{type(x).__name__}")
 
 
-def spgemm(a, b):
+def spgemm(a, b, *, drop_zeros: bool = False):
     """``C = a @ b`` for two sparse CSR matrices of the same kind; returns the same kind.
 
     Args:
@@ -52,9 +52,10 @@ def spgemm(a, b):
         ``C`` ``[m, n]`` of the input kind (``csr_array`` for ``csr_array`` input), values of the input dtype,
         with **sorted, unique column indices in every row** and exactly nnz(C) stored entries. scipy's own
         ``a @ b`` leaves column indices unsorted and drops entries that cancel to exactly 0.0; here such
-        entries are kept (the structural product), so compare with scipy after ``eliminate_zeros()`` when
-        cancellation is possible. Every value is summed in the order of a's row, as scipy does, so values
-        are bit-identical to scipy's.
+        entries are kept (the structural product, allocated exactly by the symbolic pass) unless
+        ``drop_zeros=True``, which removes them afterwards (one extra pass and a copy of the kept
+        entries) and then matches scipy's structure exactly. Every value is summed in the order of a's
+        row, as scipy does, so values are bit-identical to scipy's.
 
     Raises:
         TypeError: wrong kind, layout or dtype (the message names the argument).
@@ -86,6 +87,8 @@ def spgemm(a, b):
             raise
         indptr, indices, data = _run(_as_int64(ca), _as_int64(cb))
     shape = (ca.shape[0], cb.shape[1])
+    if drop_zeros:
+        indptr, indices, data = _drop_zeros(indptr, indices, data)
     if ka == "csr":
         return CSR(indptr, indices, data, shape, check=False)
     out = CSR(indptr, indices, data, shape, check=False)
@@ -94,6 +97,15 @@ def spgemm(a, b):
     import scipy.sparse as sp
 
     return out.to_scipy("array" if isinstance(a, sp.sparray) else "matrix")
+
+
+def _drop_zeros(indptr, indices, data):
+    keep = data != 0
+    if keep.all():
+        return indptr, indices, data
+    kept_before = np.zeros(keep.size + 1, dtype=indptr.dtype)
+    np.cumsum(keep, out=kept_before[1:])
+    return kept_before[indptr], indices[keep], data[keep]
 
 
 def _as_int64(m: CSR) -> CSR:
