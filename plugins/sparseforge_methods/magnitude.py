@@ -16,8 +16,9 @@ import torch
 
 from sparseforge.config import Config, ConfigError, param
 from sparseforge.masking import apply_mask
-from sparseforge.patterns import nm_mask, parse_nm, reduction_size, topk_mask
+from sparseforge.patterns import nm_mask, parse_nm, topk_mask
 from sparseforge.registry import Method, Paper
+from sparseforge.targets import require_reduction_multiple
 
 
 @dataclass
@@ -61,16 +62,16 @@ class Magnitude(Method):
     summary = "One-shot |W| pruning without retraining: unstructured per layer or global, or N:M."
     stage = "post_training"
 
+    def nm_pattern(self):
+        return None if self.config.pattern == "unstructured" else parse_nm(self.config.pattern)
+
     @torch.no_grad()
     def apply(self, model, targets):
         cfg = self.config
         weights = [getattr(t.module, t.param).detach() for t in targets]
         if cfg.pattern != "unstructured":
             n, m = parse_nm(cfg.pattern)
-            bad = [t.key for t, w in zip(targets, weights) if reduction_size(w) % m]
-            if bad:
-                raise ValueError(f"magnitude: pattern {cfg.pattern} needs the input dimension to be a multiple "
-                                 f"of {m}; these layers are not: {', '.join(bad)} (leave them out with exclude=)")
+            require_reduction_multiple(self.name, targets, m, cfg.pattern)
             for t, w in zip(targets, weights):
                 apply_mask(t.module, nm_mask(w.abs(), n, m), t.param)
         elif cfg.scope == "layer":

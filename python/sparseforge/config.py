@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ def _describe_allowed(meta: dict, ftype: Any) -> str:
 def _check_type(value: Any, ftype: Any) -> Any:
     """Returns value coerced to ftype where that loses nothing (int -> float), else raises TypeError."""
     origin = typing.get_origin(ftype)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         for arg in typing.get_args(ftype):
             if arg is type(None):
                 continue

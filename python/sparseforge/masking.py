@@ -16,10 +16,27 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Mask", "apply_mask", "get_mask", "iter_masks", "bake_masks", "plain_copy", "is_masked"]
+__all__ = ["SparseParametrization", "Mask", "apply_mask", "register_sparse_parametrization", "get_mask",
+           "iter_masks", "iter_sparse_parametrizations", "bake_masks", "plain_copy", "is_masked", "freeze_mask"]
 
 
-class Mask(nn.Module):
+class SparseParametrization(nn.Module):
+    """Base of every parametrization sparseforge puts on a weight.
+
+    ``forward(w)`` returns the weight the layer computes with; ``current_mask(w)`` the boolean pattern
+    of kept entries for the stored value ``w``. Static masks keep the pattern in a buffer; dynamic ones
+    (SR-STE, decaying masks) recompute it from ``w``, and ``spec()`` returns the JSON-able constructor
+    arguments that :func:`sparseforge.save` stores to rebuild them.
+    """
+
+    def current_mask(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved: it defines no spec()")
+
+
+class Mask(SparseParametrization):
     """Parametrization ``w -> w * mask`` with a boolean ``mask`` buffer of the parameter's shape."""
 
     def __init__(self, mask: torch.Tensor):
@@ -29,26 +46,53 @@ class Mask(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.mask
 
+    def current_mask(self, w: torch.Tensor) -> torch.Tensor:
+        return self.mask
+
     def extra_repr(self) -> str:
         return f"density={self.mask.float().mean().item():.4f}"
 
 
-def _mask_index(module: nn.Module, name: str) -> int | None:
+def _sparse_indices(module: nn.Module, name: str, cls=SparseParametrization) -> list[int]:
     if not parametrize.is_parametrized(module, name):
-        return None
-    for i, p in enumerate(module.parametrizations[name]):
-        if isinstance(p, Mask):
-            return i
-    return None
+        return []
+    return [i for i, p in enumerate(module.parametrizations[name]) if isinstance(p, cls)]
+
+
+def _mask_index(module: nn.Module, name: str) -> int | None:
+    idx = _sparse_indices(module, name, Mask)
+    return idx[0] if idx else None
 
 
 def is_masked(module: nn.Module, name: str = "weight") -> bool:
-    return _mask_index(module, name) is not None
+    return bool(_sparse_indices(module, name))
 
 
 def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
-    i = _mask_index(module, name)
-    return None if i is None else module.parametrizations[name][i].mask
+    """The kept-entry pattern of ``module.<name>`` (all sparse parametrizations combined), or None."""
+    idx = _sparse_indices(module, name)
+    if not idx:
+        return None
+    plist = module.parametrizations[name]
+    if len(idx) == 1 and isinstance(plist[idx[0]], Mask):
+        return plist[idx[0]].mask
+    with torch.no_grad():
+        w = plist.original
+        mask = torch.ones_like(w, dtype=torch.bool)
+        for i, p in enumerate(plist):
+            if i in idx:
+                mask &= p.current_mask(w).to(torch.bool)
+            w = p(w)
+    return mask
+
+
+def register_sparse_parametrization(module: nn.Module, p: SparseParametrization, name: str = "weight"):
+    """Adds a sparseforge parametrization to ``module.<name>`` (after any existing ones)."""
+    if not isinstance(p, SparseParametrization):
+        raise TypeError(f"expected a SparseParametrization, got {type(p).__name__}")
+    parametrize.register_parametrization(module, name, p, unsafe=False)
+    _install_state_dict_hooks(module)
+    return p
 
 
 def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> Mask:
@@ -67,23 +111,37 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> M
         existing.mask &= mask
         p = existing
     else:
-        p = Mask(mask)
-        parametrize.register_parametrization(module, name, p, unsafe=False)
+        p = register_sparse_parametrization(module, Mask(mask), name)
     with torch.no_grad():
         module.parametrizations[name].original.mul_(p.mask)
-    _install_state_dict_hooks(module)
     return p
 
 
-def iter_masks(model: nn.Module):
-    """Yields ``(fqn, module, param_name, mask)`` for every masked parameter in ``model``."""
+def freeze_mask(module: nn.Module, name: str = "weight") -> Mask:
+    """Replaces the parametrizations of ``module.<name>`` by a static :class:`Mask` of the current
+    pattern, with pruned values set to zero: how training-time methods hand over their final model."""
+    mask = get_mask(module, name)
+    if mask is None:
+        raise ValueError(f"{type(module).__name__}.{name} carries no sparse parametrization")
+    mask = mask.clone()
+    _unparametrize(module)
+    return apply_mask(module, mask, name)
+
+
+def iter_sparse_parametrizations(model: nn.Module):
+    """Yields ``(fqn, module, param_name, parametrization_list)`` for every parameter sparseforge manages."""
     for fqn, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
         for name in list(module.parametrizations.keys()):
-            m = get_mask(module, name)
-            if m is not None:
-                yield fqn, module, name, m
+            if _sparse_indices(module, name):
+                yield fqn, module, name, module.parametrizations[name]
+
+
+def iter_masks(model: nn.Module):
+    """Yields ``(fqn, module, param_name, mask)`` for every sparsified parameter in ``model``."""
+    for fqn, module, name, _ in iter_sparse_parametrizations(model):
+        yield fqn, module, name, get_mask(module, name)
 
 
 def _unparametrize(module: nn.Module) -> None:
@@ -144,7 +202,7 @@ def _state_dict_post_hook(module, state_dict, prefix, local_metadata):
     if not parametrize.is_parametrized(module):
         return
     for name in list(module.parametrizations.keys()):
-        if _mask_index(module, name) is None:
+        if not _sparse_indices(module, name):
             continue
         base = f"{prefix}parametrizations.{name}."
         for key in [k for k in state_dict if k.startswith(base)]:
@@ -156,12 +214,12 @@ def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_k
     if not parametrize.is_parametrized(module):
         return
     for name in list(module.parametrizations.keys()):
-        i = _mask_index(module, name)
-        if i is None or prefix + name not in state_dict:
+        if not _sparse_indices(module, name) or prefix + name not in state_dict:
             continue
         base = f"{prefix}parametrizations.{name}."
         state_dict[base + "original"] = state_dict.pop(prefix + name)
-        # A plain checkpoint carries no masks: the model keeps its own.
+        # A plain checkpoint carries no masks: the model keeps its own (and dynamic parametrizations
+        # get the checkpoint's effective weight as their stored value).
         for j, p in enumerate(module.parametrizations[name]):
             for bname, buf in p.named_buffers():
                 state_dict.setdefault(f"{base}{j}.{bname}", buf)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["as_rows", "from_rows", "topk_mask", "nm_mask", "parse_nm", "reduction_size"]
+__all__ = ["as_rows", "from_rows", "topk_mask", "nm_mask", "nm_mask_along", "parse_nm", "reduction_size"]
 
 
 def reduction_size(w: torch.Tensor) -> int:
@@ -63,12 +63,19 @@ def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Boolean mask keeping the ``n`` largest scores of every group of ``m`` along the reduction dim."""
-    rows = as_rows(scores)
-    k = rows.shape[1]
-    if k % m:
-        raise ValueError(f"a weight of shape {tuple(scores.shape)} has reduction size {k}, "
+    return nm_mask_along(scores, n, m, dim=1 if scores.dim() >= 2 else 0)
+
+
+def nm_mask_along(scores: torch.Tensor, n: int, m: int, dim: int) -> torch.Tensor:
+    """N:M mask with groups of ``m`` consecutive entries along dimension ``dim`` (any other dims are
+    independent groups). ``dim=1`` equals :func:`nm_mask`; ``dim=0`` groups output channels, the
+    reduction dimension of the transposed weight used for activation gradients."""
+    moved = scores.movedim(dim, -1)
+    size = moved.shape[-1]
+    if size % m:
+        raise ValueError(f"dimension {dim} of a weight of shape {tuple(scores.shape)} has size {size}, "
                          f"which is not a multiple of M={m}")
-    groups = rows.reshape(-1, m)
+    groups = moved.reshape(-1, m)
     idx = torch.topk(groups, n, dim=1, largest=True, sorted=False).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, idx, True)
-    return from_rows(mask.reshape(rows.shape), scores.shape)
+    return mask.reshape(moved.shape).movedim(-1, dim).contiguous()

@@ -41,7 +41,7 @@ KINDS = ("pruning", "sparse_training", "dynamic_sparse_training", "nm", "activat
          "architecture", "regularizer", "quant_sparsity", "analysis", "decoding")
 #: Kernels a method's result can be exported to; "none" when it stays a dense model with zeros.
 KERNELS = ("nm_gemm", "spmm_conv", "block_attention", "spgemm", "none")
-STAGES = ("init", "post_training", "during_training")
+STAGES = ("init", "post_training", "during_training", "fine_tuning")
 
 
 class UnknownMethodError(KeyError):
@@ -108,7 +108,8 @@ class Method:
     Config: ClassVar[type[Config]]
     summary: ClassVar[str] = ""
     #: When the method acts: "init" (before training, e.g. static random masks), "post_training"
-    #: (one shot on a trained model) or "during_training" (the prepare/step/finalize lifecycle).
+    #: (one shot on a trained model), "during_training" (the prepare/step/finalize lifecycle from
+    #: scratch) or "fine_tuning" (the lifecycle, starting from a trained dense model).
     stage: ClassVar[str] = "post_training"
     #: Module types whose ``weight`` the method acts on unless the user selects targets explicitly.
     default_targets: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -133,12 +134,17 @@ class Method:
     def is_training_method(cls) -> bool:
         return cls.prepare is not Method.prepare
 
-    def prepare(self, model: nn.Module, optimizer) -> None:
-        """Called once before training with the optimizer that will update ``model``."""
+    def prepare(self, model: nn.Module, optimizer, total_steps: int | None = None) -> None:
+        """Called once before training with the optimizer that will update ``model``; ``total_steps``
+        is the run's length in optimizer steps when the loop knows it (schedules need it)."""
         raise NotImplementedError(f"{self.name} is not a training-time method")
 
     def step(self, step_idx: int) -> None:
         """Called after every ``optimizer.step()``; ``step_idx`` counts from 0."""
+
+    def training_loss(self, model: nn.Module, inputs, targets, loss):
+        """Lets a method change the training objective (distillation, regularisers); default: ``loss``."""
+        return loss
 
     def finalize(self) -> nn.Module:
         """Called once after training; fixes the final masks and returns the model."""
@@ -146,10 +152,20 @@ class Method:
         return self.model
 
     # -- inference --------------------------------------------------------------------------------
+    def nm_pattern(self) -> tuple[int, int] | None:
+        """``(n, m)`` when the method's result is N:M sparse (so export can use the N:M kernel)."""
+        return None
+
     def export(self, model: nn.Module) -> nn.Module:
-        """Returns a model for inference. The default bakes the masks into plain dense weights."""
+        """Returns a model for inference: N:M methods swap eligible Linears for kernel-backed
+        ``NMLinear``; every other mask is baked into a plain dense weight."""
+        from . import nn as sf_nn
         from .masking import bake_masks
 
+        pattern = self.nm_pattern()
+        export_nm = getattr(sf_nn, "export_nm", None)
+        if pattern is not None and export_nm is not None:
+            model = export_nm(model, *pattern)
         return bake_masks(model)
 
     @classmethod

@@ -15,7 +15,7 @@ from .patterns import as_rows
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "nm_counts"]
 
 # Checked from sparsest to densest; the first that holds is the layer's tightest N:M pattern.
-_NM_CANDIDATES = ((1, 8), (1, 4), (2, 8), (1, 2), (2, 4), (4, 8))
+_NM_CANDIDATES = ((1, 32), (1, 16), (1, 8), (2, 16), (1, 4), (2, 8), (1, 2), (2, 4), (4, 8))
 
 
 def nm_counts(w: torch.Tensor, m: int) -> np.ndarray:
@@ -25,9 +25,9 @@ def nm_counts(w: torch.Tensor, m: int) -> np.ndarray:
 
 
 def _group_max(w: torch.Tensor) -> dict[int, int]:
-    """Most nonzeros found in any group of m, for each m in (2, 4, 8) dividing the reduction size."""
+    """Most nonzeros found in any group of m, for each m in (2, 4, 8, 16, 32) dividing the reduction size."""
     k = as_rows(w).shape[1]
-    return {m: (int(nm_counts(w, m).max()) if w.numel() else 0) for m in (2, 4, 8) if k % m == 0}
+    return {m: (int(nm_counts(w, m).max()) if w.numel() else 0) for m in (2, 4, 8, 16, 32) if k % m == 0}
 
 
 @dataclasses.dataclass
@@ -61,10 +61,16 @@ class LayerSparsity:
         return 1.0 - self.density
 
     def storage_bytes(self, value_bytes: int = 4) -> dict:
-        """Bytes to store this weight as dense, CSR (int32 indices) and N:M (values + index bits)."""
-        rows = self.numel // self.shape[1] if len(self.shape) >= 2 and self.shape[1] else 1
+        """Bytes to store this weight as dense, CSR and N:M (values + index bits).
+
+        CSR counts int16 column indices when a row has at most 65536 columns (as sparse inference
+        kernels store them), int32 otherwise, plus an int32 row pointer.
+        """
+        rows = self.shape[0]
+        cols = self.numel // rows if rows else 0
+        index_bytes = 2 if cols <= 65536 else 4
         out = {"dense": self.numel * value_bytes,
-               "csr": self.nnz * (value_bytes + 4) + (rows + 1) * 4}
+               "csr": self.nnz * (value_bytes + index_bytes) + (rows + 1) * 4}
         if self.nm:
             n, m = map(int, self.nm.split(":"))
             kept = self.numel * n // m

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .masking import apply_mask, iter_masks, plain_copy
+from .masking import Mask, SparseParametrization, iter_sparse_parametrizations, plain_copy, register_sparse_parametrization
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -33,6 +33,43 @@ def _unpack(packed: dict) -> torch.Tensor:
     return flat[: shape.numel()].reshape(shape)
 
 
+def _strip_state(model: nn.Module) -> nn.Module:
+    """Moves every parameter and persistent buffer to the meta device (in place): the state dict
+    carries them, so the pickled architecture need not store the weights a second time."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                module._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                module._buffers[name] = b.to("meta")
+    return model
+
+
+def _materialize(model: nn.Module, device) -> nn.Module:
+    """Inverse of :func:`_strip_state`: allocates the meta tensors (load_state_dict fills them)."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and p.is_meta:
+                module._parameters[name] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None and b.is_meta:
+                module._buffers[name] = torch.empty_like(b, device=device)
+    return model
+
+
+def _import(path: str) -> type:
+    import importlib
+
+    mod, _, qual = path.partition(":")
+    obj = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, SparseParametrization)):
+        raise ValueError(f"{path} is not a sparseforge parametrization")
+    return obj
+
+
 def save(model: nn.Module, path: str | os.PathLike | io.BufferedIOBase, *, include_module: bool = True) -> None:
     """Writes ``model``'s weights, masks and sparsification history to ``path``.
 
@@ -44,24 +81,33 @@ def save(model: nn.Module, path: str | os.PathLike | io.BufferedIOBase, *, inclu
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    masks, originals = {}, {}
-    for fqn, module, name, mask in iter_masks(model):
+    sparse, originals = {}, {}
+    for fqn, module, name, plist in iter_sparse_parametrizations(model):
         key = f"{fqn}.{name}" if fqn else name
-        masks[key] = _pack(mask.cpu())
-        original = module.parametrizations[name].original.detach()
+        entries = []
+        for p in plist:
+            if isinstance(p, Mask):
+                entries.append({"class": "mask", "mask": _pack(p.mask.cpu())})
+            elif isinstance(p, SparseParametrization):
+                entries.append({"class": f"{type(p).__module__}:{type(p).__qualname__}", "spec": p.spec()})
+            else:
+                raise ValueError(f"cannot save {key}: it also carries the foreign parametrization "
+                                 f"{type(p).__name__}; remove it or bake it in first")
+        sparse[key] = entries
+        original = plist.original.detach()
         # Training methods keep live values under pruned entries (SR-STE, decaying masks); keep them.
-        if bool((original * ~mask).any()):
+        if any(e["class"] != "mask" for e in entries) or bool((original * ~plist[0].current_mask(original)).any()):
             originals[key] = original.cpu().clone()
     payload = {
         "format": _MAGIC,
         "version": FORMAT_VERSION,
         "history": history(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "masks": masks,
+        "sparse": sparse,
         "originals": originals,
     }
     if include_module:
-        skeleton = plain_copy(model)
+        skeleton = _strip_state(plain_copy(model))
         skeleton.__dict__.pop("_sparseforge_method", None)
         skeleton.__dict__.pop("_sparseforge_history", None)
         payload["module"] = skeleton
@@ -87,13 +133,19 @@ def load(path: str | os.PathLike | io.BufferedIOBase, model: nn.Module | None = 
     if model is None:
         if "module" not in payload:
             raise ValueError(f"{path!r} was saved with include_module=False: pass the architecture as model=")
-        model = payload["module"]
+        model = _materialize(payload["module"], map_location)
     modules = dict(model.named_modules())
-    for key, packed in payload["masks"].items():
+    for key, entries in payload["sparse"].items():
         fqn, _, name = key.rpartition(".")
         if fqn not in modules:
-            raise ValueError(f"the file masks {key!r}, but the model has no module {fqn!r}")
-        apply_mask(modules[fqn], _unpack(packed).to(getattr(modules[fqn], name).device), name)
+            raise ValueError(f"the file sparsifies {key!r}, but the model has no module {fqn!r}")
+        module = modules[fqn]
+        for entry in entries:
+            if entry["class"] == "mask":
+                p = Mask(_unpack(entry["mask"]).to(getattr(module, name).device))
+            else:
+                p = _import(entry["class"])(**entry["spec"])
+            register_sparse_parametrization(module, p, name)
     model.load_state_dict(payload["state_dict"])
     with torch.no_grad():
         for key, original in payload["originals"].items():

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .registry import Target
 
-__all__ = ["select_targets", "Selector"]
+__all__ = ["select_targets", "require_reduction_multiple", "Selector"]
 
 #: A selector is a module type, a glob on the module's fully-qualified name ("encoder.*.fc1"), a regex
 #: written "re:<pattern>" (full match), or, in ``exclude`` only, ":first" / ":last" for the first and
@@ -98,3 +98,14 @@ def select_targets(model: nn.Module, default_types: Iterable[type], targets=None
     if not result:
         raise ValueError("no module left to sparsify after applying targets/exclude")
     return result
+
+
+def require_reduction_multiple(method: str, targets: list[Target], m: int, pattern: str) -> None:
+    """Raises ValueError naming every target whose reduction (input) dimension is not a multiple of
+    ``m``, so an N:M method fails before touching any layer."""
+    from .patterns import reduction_size
+
+    bad = [t.key for t in targets if reduction_size(getattr(t.module, t.param)) % m]
+    if bad:
+        raise ValueError(f"{method}: pattern {pattern} needs the input dimension to be a multiple of {m}; "
+                         f"these layers are not: {', '.join(bad)} (leave them out with exclude=)")

@@ -1,0 +1,92 @@
+"""Terminal table, JSON and a self-contained HTML page (plots embedded) for a bench result."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+
+from .._table import format_table
+
+
+def table(result: dict) -> str:
+    head = ["method", "kind", "sparsity", "dense acc", "sparse acc", "delta"]
+    for b in result["backends"]:
+        head += [f"{b} x b={n}" for n in result["batches"]]
+    rows = []
+    for r in result["rows"]:
+        q = r["quality"]
+        line = [r["method"], r["kind"], f"{q['sparse']['sparsity']:.3f}", f"{q['dense']['accuracy']:.4f}",
+                f"{q['sparse']['accuracy']:.4f}", f"{q['sparse']['accuracy'] - q['dense']['accuracy']:+.4f}"]
+        for b in result["backends"]:
+            for n in result["batches"]:
+                s = r["speed"].get(b, {}).get(str(n))
+                line.append(f"{s['speedup']:.2f}x" if s else "-")
+        rows.append(line)
+    out = format_table(head, rows, align="ll" + "r" * (len(head) - 2))
+    out += (f"\n\nquality: {result['quality_workload']}; speed: {result['speed_workload']}, speedup = dense ms / "
+            f"sparse ms (median, interleaved), {result['threads']} threads")
+    for name, why in result["errors"].items():
+        out += f"\nnot measured: {name}: {why}"
+    return out
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=2, default=str)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def to_html(result: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig1, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        q = r["quality"]
+        ax.scatter(q["sparse"]["sparsity"], q["sparse"]["accuracy"], s=40)
+        ax.annotate(r["method"], (q["sparse"]["sparsity"], q["sparse"]["accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    if rows:
+        ax.axhline(rows[0]["quality"]["dense"]["accuracy"], color="gray", ls="--", label="dense")
+        ax.legend()
+    ax.set_xlabel("weight sparsity")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("quality vs sparsity")
+    ax.grid(alpha=0.3)
+    img1 = _png(fig1)
+    fig2, ax2 = plt.subplots(figsize=(7, 4))
+    labels = [r["method"] for r in rows]
+    series = [(b, n) for b in result["backends"] for n in result["batches"]]
+    width = 0.8 / max(1, len(series))
+    for i, (b, n) in enumerate(series):
+        vals = [r["speed"].get(b, {}).get(str(n), {}).get("speedup", 0.0) for r in rows]
+        ax2.bar([j + i * width for j in range(len(rows))], vals, width, label=f"{b}, batch {n}")
+    ax2.axhline(1.0, color="black", lw=0.8)
+    ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, rotation=30, ha="right")
+    ax2.set_ylabel("speedup vs dense")
+    ax2.set_title("speedup per backend")
+    ax2.legend(fontsize=8)
+    img2 = _png(fig2)
+    plt.close("all")
+    esc = html.escape
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>sparseforge bench</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}
+img{{max-width:48%;margin-right:1%}}</style></head>
+<body><h1>sparseforge bench</h1>
+<p>Quality workload: {esc(result['quality_workload'])}. Speed workload: {esc(result['speed_workload'])}.
+Speedup is dense time over sparse time, medians of interleaved repeats, {result['threads']} threads.</p>
+<img alt="quality vs sparsity" src="data:image/png;base64,{img1}">
+<img alt="speedup per backend" src="data:image/png;base64,{img2}">
+<h2>Table</h2><pre>{esc(table(result))}</pre>
+</body></html>
+"""

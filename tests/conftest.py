@@ -1,0 +1,58 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+
+def run_cli(*args, env=None, check=False):
+    """Runs `python -m sparseforge.cli ARGS` in a fresh interpreter; returns CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "sparseforge.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+
+
+@pytest.fixture
+def convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """A fixed Fashion-MNIST subset (Debian's dataset-fashion-mnist): 20k train, the 10k test set."""
+    from sparseforge.data import load_dataset
+
+    try:
+        data = load_dataset("fashion-mnist")
+    except RuntimeError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed here: {exc}")
+    return data.x_train[:20000], data.y_train[:20000], data.x_test, data.y_test
+
+
+def fashion_mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 10))

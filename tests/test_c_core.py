@@ -1,0 +1,106 @@
+"""The compiled core: ISA detection and forcing, and group_nnz against its scalar reference."""
+
+import numpy as np
+import pytest
+
+from sparseforge import _C
+
+ISAS = _C.supported_isas()
+
+
+def reference_group_nnz(w: np.ndarray, m: int) -> np.ndarray:
+    return (w.astype(np.float64).reshape(w.shape[0], w.shape[1] // m, m) != 0).sum(-1).astype(np.int32)
+
+
+def test_isa_reporting():
+    assert "scalar" in _C.compiled_isas()
+    assert _C.isa() in _C.supported_isas()
+    assert set(_C.supported_isas()) <= set(_C.compiled_isas())
+    assert _C.kernel_for("group_nnz") == f"group_nnz_f32__{_C.isa()}"
+    assert "group_nnz" in _C.ops()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_forcing_isa_changes_the_kernel(monkeypatch, isa):
+    monkeypatch.setenv("SPARSEFORGE_ISA", isa)
+    assert _C.isa() == isa
+    assert _C.kernel_for("group_nnz").endswith("__" + isa)
+
+
+def test_bad_forced_isa_raises(monkeypatch):
+    monkeypatch.setenv("SPARSEFORGE_ISA", "sse9")
+    with pytest.raises(ValueError, match="SPARSEFORGE_ISA"):
+        _C.isa()
+    with pytest.raises(ValueError, match="SPARSEFORGE_ISA"):
+        _C.group_nnz(np.ones((2, 4), np.float32), 2)
+    if "neon" not in _C.supported_isas():
+        monkeypatch.setenv("SPARSEFORGE_ISA", "neon")
+        with pytest.raises(RuntimeError, match="cannot run here"):
+            _C.isa()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,cols,m", [(1, 4, 4), (7, 12, 4), (3, 200, 8), (33, 130, 2), (5, 96, 3),
+                                         (2, 64, 64), (4, 72, 1), (0, 8, 4), (300, 1024, 4)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_group_nnz_matches_reference(monkeypatch, isa, rows, cols, m, density):
+    monkeypatch.setenv("SPARSEFORGE_ISA", isa)
+    rng = np.random.default_rng(rows * 1000 + cols + m)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[rng.random((rows, cols)) >= density] = 0.0
+    got = _C.group_nnz(w, m)
+    assert got.dtype == np.int32 and got.shape == (rows, cols // m)
+    np.testing.assert_array_equal(got, reference_group_nnz(w, m))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_group_nnz_special_values(monkeypatch, isa):
+    monkeypatch.setenv("SPARSEFORGE_ISA", isa)
+    w = np.array([[np.nan, -0.0, 0.0, np.inf, 1e-45, -1.0, 0.0, 0.0] * 3], dtype=np.float32)
+    # NaN, inf and denormals are nonzero; -0.0 is zero (the rule x != 0).
+    np.testing.assert_array_equal(_C.group_nnz(w, 4), [[2, 2] * 3])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_group_nnz_threads_agree(threads):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((517, 256)).astype(np.float32)
+    w[rng.random(w.shape) < 0.5] = 0
+    try:
+        _C.set_num_threads(threads)
+        assert _C.num_threads() == threads
+        np.testing.assert_array_equal(_C.group_nnz(w, 4), reference_group_nnz(w, 4))
+    finally:
+        _C.set_num_threads(0)
+
+
+def test_never_copies_or_casts_silently():
+    w = np.ones((8, 16), np.float32)
+    with pytest.raises(ValueError, match="argument 'w' must be C-contiguous"):
+        _C.group_nnz(w.T, 4)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.group_nnz(w[:, ::2], 4)
+    with pytest.raises(TypeError, match="argument 'w' must have dtype float32, got float64"):
+        _C.group_nnz(w.astype(np.float64), 4)
+    with pytest.raises(TypeError, match="argument 'w' must be a numpy.ndarray"):
+        _C.group_nnz(w.tolist(), 4)
+    import torch
+
+    with pytest.raises(TypeError, match=r"tensor.numpy\(\)"):
+        _C.group_nnz(torch.ones(8, 16), 4)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        _C.group_nnz(np.ones(16, np.float32), 4)
+    with pytest.raises(ValueError, match="not a multiple of m=3"):
+        _C.group_nnz(w, 3)
+    with pytest.raises(ValueError, match="argument 'm'"):
+        _C.group_nnz(w, 0)
+
+
+def test_kernel_for_unknown_op():
+    with pytest.raises(ValueError, match="argument 'op'"):
+        _C.kernel_for("no_such_op")
+
+
+def test_set_num_threads_rejects_negative():
+    with pytest.raises(ValueError, match="argument 'n'"):
+        _C.set_num_threads(-1)
