@@ -223,6 +223,10 @@ def test_errors_name_the_argument():
         _C.spgemm(a.indptr, a.indices, a.data, a.shape, b.indptr, jj, b.data, b.shape)
     with pytest.raises(TypeError, match="a_indices"):
         _C.spgemm(a.indptr, list(a.indices), a.data, a.shape, b.indptr, b.indices, b.data, b.shape)
+    # The same arrays as both operands under a different shape are checked against that shape.
+    sq = rand_csr(6, 6, 3, rng)
+    with pytest.raises(ValueError, match="b_indptr"):
+        _C.spgemm(sq.indptr, sq.indices, sq.data, (6, 7), sq.indptr, sq.indices, sq.data, (7, 6))
     bad = b.copy()
     bad.indices = bad.indices.copy()
     r = next(i for i in range(8) if bad.indptr[i + 1] - bad.indptr[i] >= 2)

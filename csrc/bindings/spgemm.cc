@@ -61,10 +61,10 @@ template <typename V, typename I>
 py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::handle bp, py::handle bj,
               py::handle bx, py::handle bsh) {
   CsrRef<V, I> a = require_csr<V, I>("a", ap, aj, ax, ash);
-  // A @ A (the same arrays twice) is validated once.
-  const bool same = ap.ptr() == bp.ptr() && aj.ptr() == bj.ptr() && ax.ptr() == bx.ptr();
+  // A @ A (the same arrays and shape twice) is validated once.
+  const bool same = ap.ptr() == bp.ptr() && aj.ptr() == bj.ptr() && ax.ptr() == bx.ptr() &&
+                    require_shape("b_shape", bsh) == std::make_pair(a.rows, a.cols);
   CsrRef<V, I> b = same ? a : require_csr<V, I>("b", bp, bj, bx, bsh);
-  if (same) b.rows = require_shape("b_shape", bsh).first, b.cols = require_shape("b_shape", bsh).second;
   if (a.cols != b.rows)
     throw py::value_error(std::string(kFn) + "(): shapes do not match: a_shape=(" + std::to_string(a.rows) + ", " +
                           std::to_string(a.cols) + ") and b_shape=(" + std::to_string(b.rows) + ", " +
