@@ -31,6 +31,8 @@ py::array require_array(const char* fn, const char* arg, py::handle obj, int ndi
                    : py::format_descriptor<T>::format() == std::string("d") ? "float64"
                    : py::format_descriptor<T>::format() == std::string("i") ? "int32"
                    : py::format_descriptor<T>::format() == std::string("l") ? "int64"
+                   : py::format_descriptor<T>::format() == std::string("B") ? "uint8"
+                   : py::format_descriptor<T>::format() == std::string("H") ? "uint16"
                    : "the expected dtype";
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(where + " must be a numpy.ndarray of " + want + ", got " + type_name(obj) +

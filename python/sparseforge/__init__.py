@@ -12,6 +12,7 @@ from ._version import __version__
 from . import _C
 from .api import describe, export, history, list_methods, make_config, method_of, sparsify
 from .config import Config, ConfigError
+from .explain import explain
 from .info import info
 from .registry import Method, Paper, get_method, register
 from .report import sparsity_report
@@ -20,5 +21,5 @@ from .serialization import load, save
 __all__ = [
     "__version__", "sparsify", "list_methods", "describe", "make_config", "method_of", "export", "history",
     "sparsity_report", "save", "load", "info", "Config", "ConfigError", "Method", "Paper", "get_method",
-    "register",
+    "register", "explain",
 ]

@@ -164,7 +164,7 @@ class Method:
 
         pattern = self.nm_pattern()
         export_nm = getattr(sf_nn, "export_nm", None)
-        if pattern is not None and export_nm is not None:
+        if pattern is not None and export_nm is not None and not isinstance(model, nn.Linear):
             model = export_nm(model, *pattern)
         return bake_masks(model)
 
