@@ -64,8 +64,12 @@ namespace {
 int spgemm_parts(int64_t total_flop, int64_t rows) {
   // A thread per ~1M partial products (about a millisecond): below that, starting and joining a thread
   // (worse on a busy machine, where it waits for a time slice) costs more than it saves.
+  // With several threads, 4 flop-balanced parts per thread: parallel_for's pool hands parts out
+  // dynamically, so a thread that loses its core for a while does not hold up the whole product.
   const int64_t by_work = std::max<int64_t>(1, (total_flop + rows) >> 20);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), by_work)));
+  const int64_t nt = num_threads();
+  const int64_t want = nt > 1 ? 4 * nt : 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, by_work)));
 }
 }  // namespace
 
