@@ -38,7 +38,7 @@ ENTRY_POINT_GROUP = "sparseforge.methods"
 
 #: What a method does to a model (DESIGN.md, "Method plugin").
 KINDS = ("pruning", "sparse_training", "dynamic_sparse_training", "nm", "activation", "attention",
-         "architecture", "regularizer", "quant_sparsity", "analysis")
+         "architecture", "regularizer", "quant_sparsity", "analysis", "decoding")
 #: Kernels a method's result can be exported to; "none" when it stays a dense model with zeros.
 KERNELS = ("nm_gemm", "spmm_conv", "block_attention", "spgemm", "none")
 STAGES = ("init", "post_training", "during_training", "fine_tuning")

@@ -1,2 +1,3 @@
 """Torch custom ops (``sparseforge::<op>``) over the compiled kernels in ``sparseforge._C``."""
 from .nm_linear import nm_linear
+from .spgemm import spgemm

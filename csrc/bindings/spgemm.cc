@@ -1,0 +1,153 @@
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <limits>
+
+#include "kernels/spgemm/spgemm.h"
+#include "op_registry.h"
+#include "validate.h"
+
+namespace py = pybind11;
+using namespace sparseforge;
+
+namespace {
+
+constexpr const char* kFn = "spgemm";
+
+std::pair<int64_t, int64_t> require_shape(const char* arg, py::handle obj) {
+  py::tuple t;
+  if (!py::isinstance<py::tuple>(obj) || (t = py::reinterpret_borrow<py::tuple>(obj)).size() != 2)
+    throw py::type_error(std::string(kFn) + "(): argument '" + arg + "' must be a tuple (rows, cols)");
+  int64_t r = t[0].cast<int64_t>(), c = t[1].cast<int64_t>();
+  if (r < 0 || c < 0)
+    throw py::value_error(std::string(kFn) + "(): argument '" + arg + "' must be non-negative, got (" +
+                          std::to_string(r) + ", " + std::to_string(c) + ")");
+  return {r, c};
+}
+
+template <typename V, typename I>
+CsrRef<V, I> require_csr(const char* name, py::handle indptr, py::handle indices, py::handle data, py::handle shape) {
+  const std::string s(name);
+  const std::string p_arg = s + "_indptr", i_arg = s + "_indices", d_arg = s + "_data", sh_arg = s + "_shape";
+  auto [rows, cols] = require_shape(sh_arg.c_str(), shape);
+  py::array p = bind::require_array<I>(kFn, p_arg.c_str(), indptr, 1);
+  py::array j = bind::require_array<I>(kFn, i_arg.c_str(), indices, 1);
+  py::array x = bind::require_array<V>(kFn, d_arg.c_str(), data, 1);
+  const std::string where = std::string(kFn) + "(): argument '";
+  if (p.shape(0) != rows + 1)
+    throw py::value_error(where + p_arg + "' must have rows + 1 = " + std::to_string(rows + 1) + " entries for " +
+                          sh_arg + "=(" + std::to_string(rows) + ", " + std::to_string(cols) + "), got " +
+                          std::to_string(p.shape(0)));
+  if (j.shape(0) != x.shape(0))
+    throw py::value_error(where + i_arg + "' has " + std::to_string(j.shape(0)) + " entries but '" + d_arg +
+                          "' has " + std::to_string(x.shape(0)));
+  if (static_cast<uint64_t>(cols) > static_cast<uint64_t>(std::numeric_limits<I>::max()))
+    throw py::value_error(where + sh_arg + "' has more columns than its index dtype can address");
+  CsrRef<V, I> m;
+  m.rows = rows, m.cols = cols;
+  m.indptr = static_cast<const I*>(p.data());
+  m.indices = static_cast<const I*>(j.data());
+  m.data = static_cast<const V*>(x.data());
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = spgemm_check_csr<I>(m.indptr, m.indices, rows, cols, j.shape(0));
+  }
+  if (!err.empty()) throw py::value_error(where + s + "' is not canonical CSR: " + err);
+  return m;
+}
+
+template <typename V, typename I>
+py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::handle bp, py::handle bj,
+              py::handle bx, py::handle bsh) {
+  CsrRef<V, I> a = require_csr<V, I>("a", ap, aj, ax, ash);
+  // A @ A (the same arrays and shape twice) is validated once.
+  const bool same = ap.ptr() == bp.ptr() && aj.ptr() == bj.ptr() && ax.ptr() == bx.ptr() &&
+                    require_shape("b_shape", bsh) == std::make_pair(a.rows, a.cols);
+  CsrRef<V, I> b = same ? a : require_csr<V, I>("b", bp, bj, bx, bsh);
+  if (a.cols != b.rows)
+    throw py::value_error(std::string(kFn) + "(): shapes do not match: a_shape=(" + std::to_string(a.rows) + ", " +
+                          std::to_string(a.cols) + ") and b_shape=(" + std::to_string(b.rows) + ", " +
+                          std::to_string(b.cols) + "); a's columns must equal b's rows");
+  py::array_t<I> c_indptr(a.rows + 1);
+  std::vector<int64_t> flop(static_cast<size_t>(a.rows) + 1), bounds;
+  int64_t nnz;
+  {
+    py::gil_scoped_release release;
+    nnz = spgemm_symbolic<I>(structure_of(a), structure_of(b), c_indptr.mutable_data(), flop.data(), &bounds);
+  }
+  if (static_cast<uint64_t>(nnz) > static_cast<uint64_t>(std::numeric_limits<I>::max()))
+    throw py::value_error(std::string(kFn) + "(): the product has " + std::to_string(nnz) +
+                          " nonzeros, more than int32 indices can address; pass int64 indptr/indices");
+  py::array_t<I> c_indices(nnz);
+  py::array_t<V> c_data(nnz);
+  {
+    py::gil_scoped_release release;
+    spgemm_numeric<V, I>(a, b, flop.data(), bounds, c_indptr.data(), c_indices.mutable_data(),
+                         c_data.mutable_data());
+  }
+  return py::make_tuple(c_indptr, c_indices, c_data);
+}
+
+py::tuple spgemm(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::handle bp, py::handle bj,
+                 py::handle bx, py::handle bsh) {
+  if (!py::isinstance<py::array>(ax))
+    throw py::type_error(std::string(kFn) + "(): argument 'a_data' must be a numpy.ndarray of float32 or float64, got " +
+                         bind::type_name(ax));
+  if (!py::isinstance<py::array>(ap))
+    throw py::type_error(std::string(kFn) + "(): argument 'a_indptr' must be a numpy.ndarray of int32 or int64, got " +
+                         bind::type_name(ap));
+  py::dtype vt = py::reinterpret_borrow<py::array>(ax).dtype();
+  py::dtype it = py::reinterpret_borrow<py::array>(ap).dtype();
+  const bool f32 = vt.is(py::dtype::of<float>()), f64 = vt.is(py::dtype::of<double>());
+  const bool i32 = it.is(py::dtype::of<int32_t>()), i64 = it.is(py::dtype::of<int64_t>());
+  if (!f32 && !f64)
+    throw py::type_error(std::string(kFn) + "(): argument 'a_data' must have dtype float32 or float64, got " +
+                         py::str(vt).cast<std::string>());
+  if (!i32 && !i64)
+    throw py::type_error(std::string(kFn) + "(): argument 'a_indptr' must have dtype int32 or int64, got " +
+                         py::str(it).cast<std::string>());
+  if (f32 && i32) return run<float, int32_t>(ap, aj, ax, ash, bp, bj, bx, bsh);
+  if (f32) return run<float, int64_t>(ap, aj, ax, ash, bp, bj, bx, bsh);
+  if (i32) return run<double, int32_t>(ap, aj, ax, ash, bp, bj, bx, bsh);
+  return run<double, int64_t>(ap, aj, ax, ash, bp, bj, bx, bsh);
+}
+
+}  // namespace
+
+SPARSEFORGE_BIND_OP(
+    spgemm,
+    [](py::module_& mod) {
+      mod.def("spgemm", &spgemm, py::arg("a_indptr"), py::arg("a_indices"), py::arg("a_data"), py::arg("a_shape"),
+              py::arg("b_indptr"), py::arg("b_indices"), py::arg("b_data"), py::arg("b_shape"),
+              "C = A @ B for canonical CSR inputs (sorted, unique column indices).\n\n"
+              "indptr/indices: int32 or int64 (the same dtype everywhere); data: float32 or float64 (the same\n"
+              "for A and B); 1-D, C-contiguous. Returns (indptr, indices, data) of C [a_rows, b_cols] with\n"
+              "sorted column indices, the input dtypes, and exactly nnz(C) entries.");
+      mod.def("spgemm_row_flops", [](py::handle ap, py::handle aj, py::handle ash, py::handle bp, py::handle bsh) {
+        // Partial products per row (sum over k in A_i of nnz(B_k)); int64 [rows].
+        auto [ar, ac] = require_shape("a_shape", ash);
+        auto [br, bc] = require_shape("b_shape", bsh);
+        if (ac != br) throw py::value_error("spgemm_row_flops(): a's columns must equal b's rows");
+        py::array_t<int64_t> out(ar);
+        auto go = [&](auto tag) {
+          using I = decltype(tag);
+          py::array p = bind::require_array<I>("spgemm_row_flops", "a_indptr", ap, 1);
+          py::array j = bind::require_array<I>("spgemm_row_flops", "a_indices", aj, 1);
+          py::array q = bind::require_array<I>("spgemm_row_flops", "b_indptr", bp, 1);
+          if (p.shape(0) != ar + 1 || q.shape(0) != br + 1) throw py::value_error("spgemm_row_flops(): indptr length does not match the shape");
+          std::string err = spgemm_check_csr<I>(static_cast<const I*>(p.data()), static_cast<const I*>(j.data()), ar, ac, j.shape(0));
+          if (!err.empty()) throw py::value_error("spgemm_row_flops(): argument 'a' is not canonical CSR: " + err);
+          CsrRef<void, I> a, b;
+          a.rows = ar, a.cols = ac, a.indptr = static_cast<const I*>(p.data()), a.indices = static_cast<const I*>(j.data());
+          b.rows = br, b.cols = bc, b.indptr = static_cast<const I*>(q.data());
+          spgemm_row_flops<I>(a, b, out.mutable_data());
+        };
+        py::array pa = py::reinterpret_borrow<py::array>(ap);
+        if (py::isinstance<py::array>(ap) && pa.dtype().is(py::dtype::of<int64_t>())) go(int64_t{});
+        else go(int32_t{});
+        return out;
+      }, py::arg("a_indptr"), py::arg("a_indices"), py::arg("a_shape"), py::arg("b_indptr"), py::arg("b_shape"),
+      "Partial-product (flop) count of every row of A @ B, int64 [a_rows].");
+    },
+    [] { return kernel_name("spgemm", "f32_i32", select_spgemm<float, int32_t>(active_isa()).isa); });

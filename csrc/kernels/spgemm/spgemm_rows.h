@@ -1,0 +1,478 @@
+// The row kernels of spgemm as templates over an ISA policy `P`. Included by reference.cc (P = scalar)
+// and x86_avx2.cc (P = AVX2 helpers); everything here has internal linkage, so each translation unit
+// keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
+//
+// Symbolic pass, per row i with f = flop[i] partial products: a row with one term of A counts nnz(B_k);
+// otherwise a 16-bit stamp per column (B.cols <= kDenseListMaxCols; nothing is cleared between rows, and
+// a row stops once it has every column), else a Fibonacci-hashed open-addressing set.
+//
+// Numeric pass, per row, in this order of preference:
+//   1. A_i has one entry: C_i is B_k scaled (already sorted and unique), no accumulator at all;
+//   2. "dense span": the columns C_i can span (from the first/last column of each B_k, B's rows being
+//      sorted; computed for rows with f >= kSpanMinFlops) number at most kSpanPerFlop * f: dense value
+//      array plus a byte flag per column (all zero between rows), flags read back in column order, so
+//      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count
+//      equals its span is dense and needs no flags at all;
+//   3. (AVX2) no two products share a column (nnz(C_i) == f, e.g. random matrices): the products are
+//      rank-sorted by column with their values, no accumulator at all;
+//   4. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
+//      a branch-free list of first touches, sorted by P::sort_into (scalar: insertion sort, good for the
+//      nearly sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively
+//      when lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
+//   5. open-addressing hash with linear probing: 2 * nnz(C_i) slots with an order-preserving hash
+//      (slot grows with the column) and an overflow tail instead of wrap-around, so keys come out
+//      nearly sorted and an insertion sort finishes them (std::sort if they are not).
+// Values are accumulated in A's row order in every path, so all paths give bit-identical results.
+#pragma once
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "spgemm.h"
+
+namespace sparseforge {
+namespace {
+
+// A row uses the dense accumulator when the columns its output can span number at most kSpanPerFlop per
+// partial product: then clearing and reading back the flags (32 per AVX2 instruction) costs about as
+// much as the products.
+constexpr int64_t kSpanPerFlop = 32;
+constexpr int64_t kSpanMinFlops = 64;
+// Up to this many columns per-thread dense stamp/value arrays are used rather than hash tables.
+constexpr int64_t kDenseListMaxCols = int64_t{1} << 22;
+
+// [first, last] column that row i of C can touch (B's rows are sorted, so their ends bound it).
+template <typename I>
+inline void column_span(const I* ap, const I* aj, const I* bp, const I* bj, int64_t s, int64_t e, int64_t* wlo,
+                        int64_t* whi) {
+  int64_t lo = INT64_MAX, hi = -1;
+  for (int64_t t = s; t < e; ++t) {
+    const I k = aj[t];
+    const int64_t u0 = bp[k], u1 = bp[k + 1];
+    if (u0 == u1) continue;
+    lo = std::min<int64_t>(lo, bj[u0]);
+    hi = std::max<int64_t>(hi, bj[u1 - 1]);
+  }
+  *wlo = lo;
+  *whi = hi;
+}
+
+// Rows of B are visited in A's (random) column order: fetch the row kPrefetchAhead terms ahead of the
+// one being accumulated (the lookahead runs on into the next rows of A), so its cache misses overlap work.
+constexpr int64_t kPrefetchAhead = 4;
+template <typename I, typename V>
+inline void prefetch_b_row(const I* aj, int64_t t, int64_t nnz_a, const I* bp, const I* bj, const V* bx) {
+  if (t < nnz_a) {
+    const int64_t u = bp[aj[t]];
+    __builtin_prefetch(bj + u);
+    if (bx != nullptr) __builtin_prefetch(bx + u);
+  }
+}
+
+// Keeps a*b from being contracted into an FMA with the following add, so every ISA (and scipy) rounds
+// the same way and values agree bit for bit.
+template <typename V>
+inline V product(V a, V b) {
+  V p = a * b;
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(p));
+#elif defined(__aarch64__)
+  asm("" : "+w"(p));
+#endif
+  return p;
+}
+
+inline int log2_pow2_at_least(uint64_t x) {
+  int b = 4;  // at least 16 slots
+  while ((uint64_t{1} << b) < x) ++b;
+  return b;
+}
+
+template <typename I>
+inline uint64_t slot_of(I j, int shift) {
+  return (static_cast<uint64_t>(j) * 0x9E3779B97F4A7C15ull) >> shift;
+}
+
+template <typename I>
+inline void sort_small(I* x, int64_t n) {
+  if (n <= 24) {
+    for (int64_t i = 1; i < n; ++i) {
+      I v = x[i];
+      int64_t j = i - 1;
+      while (j >= 0 && x[j] > v) {
+        x[j + 1] = x[j];
+        --j;
+      }
+      x[j + 1] = v;
+    }
+  } else {
+    std::sort(x, x + n);
+  }
+}
+
+// Sorts (keys, vals) by key; fast when the keys are nearly sorted, O(n log n) otherwise.
+template <typename I, typename V>
+void sort_pairs_nearly_sorted(I* keys, V* vals, int64_t n) {
+  int64_t budget = 4 * n + 64;  // element moves an insertion sort may spend before giving up
+  for (int64_t i = 1; i < n; ++i) {
+    const I k = keys[i];
+    if (keys[i - 1] <= k) continue;
+    const V v = vals[i];
+    int64_t j = i - 1;
+    while (j >= 0 && keys[j] > k) {
+      keys[j + 1] = keys[j];
+      vals[j + 1] = vals[j];
+      --j;
+    }
+    keys[j + 1] = k;
+    vals[j + 1] = v;
+    budget -= i - 1 - j;
+    if (budget < 0) {
+      std::vector<std::pair<I, V>> tmp(static_cast<size_t>(n));
+      for (int64_t q = 0; q < n; ++q) tmp[static_cast<size_t>(q)] = {keys[q], vals[q]};
+      std::sort(tmp.begin(), tmp.end(), [](const std::pair<I, V>& x, const std::pair<I, V>& y) { return x.first < y.first; });
+      for (int64_t q = 0; q < n; ++q) keys[q] = tmp[static_cast<size_t>(q)].first, vals[q] = tmp[static_cast<size_t>(q)].second;
+      return;
+    }
+  }
+}
+
+// Returns false when the keys were far from sorted (it fell back to std::sort).
+template <typename I>
+bool sort_keys_nearly_sorted(I* keys, int64_t n) {
+  int64_t budget = 4 * n + 64;
+  for (int64_t i = 1; i < n; ++i) {
+    const I k = keys[i];
+    if (keys[i - 1] <= k) continue;
+    int64_t j = i - 1;
+    while (j >= 0 && keys[j] > k) {
+      keys[j + 1] = keys[j];
+      --j;
+    }
+    keys[j + 1] = k;
+    budget -= i - 1 - j;
+    if (budget < 0) {
+      std::sort(keys, keys + n);
+      return false;
+    }
+  }
+  return true;
+}
+
+using Stamp = uint16_t;
+
+template <typename V, typename I>
+struct RowWorkspace {
+  std::vector<I> keys;
+  std::vector<V> vals;
+  // Dense-span accumulator: flags[j] = 1 iff column j is live, acc[j] its value; both all zero between
+  // rows (the read-back clears them). A byte per column, not a bit: plain stores, no read-modify-write
+  // chain on a shared word.
+  std::vector<uint8_t> flags;
+  std::vector<V> acc;
+  // Dense-list accumulator: list_acc[j] is column j's value iff mark[j] == stamp, else stale; the stamp
+  // restarts a column at 0 on its first touch in a row, so nothing is cleared between rows.
+  std::vector<V> list_acc;
+
+  void ensure_hash(size_t slots, bool with_vals) {
+    if (keys.size() < slots) keys.resize(slots);
+    if (with_vals && vals.size() < slots) vals.resize(slots);
+  }
+  // Column j was touched in this row iff mark[j] == stamp. Two bytes per column keep the array small
+  // (L1/L2 for tens of thousands of columns); the stamp wraps every 65535 rows, when the array is
+  // cleared (2 * B.cols bytes per 65535 rows).
+  std::vector<Stamp> mark;
+  Stamp stamp = 0;
+  Stamp next_stamp(int64_t cols) {
+    if (mark.size() < static_cast<size_t>(cols)) mark.assign(static_cast<size_t>(cols), 0);
+    if (++stamp == 0) {
+      std::fill(mark.begin(), mark.end(), Stamp{0});
+      stamp = 1;
+    }
+    return stamp;
+  }
+
+  uint8_t* ensure_dense(int64_t cols, bool with_acc) {
+    const size_t n = static_cast<size_t>(cols) + 64;  // slack: vector reads past the last column stay inside
+    if (flags.size() < n) flags.assign(n, 0);
+    if (with_acc && acc.size() < n) acc.assign(n, V(0));
+    return flags.data();
+  }
+};
+
+template <class P, typename I>
+void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop, int64_t r0,
+                   int64_t r1, I* counts) {
+  RowWorkspace<char, I> ws;
+  const int64_t nnz_a = a.indptr[a.rows];
+  const I* ap = a.indptr;
+  const I* aj = a.indices;
+  const I* bp = b.indptr;
+  const I* bj = b.indices;
+  const int64_t cols = b.cols;
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t f = flop[i];
+    const int64_t s = ap[i], e = ap[i + 1];
+    if (f == 0 || e - s == 1) {  // empty, or one row of B: distinct by the CSR contract
+      counts[i] = static_cast<I>(f);
+      continue;
+    }
+    int64_t count = 0;
+    if (cols <= kDenseListMaxCols) {
+      // A stamp per column (the row's number): a column is new iff its stamp is not this row's. Nothing
+      // to clear between rows.
+      const Stamp stamp = ws.next_stamp(cols);
+      Stamp* mark = ws.mark.data();
+      for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
+        prefetch_b_row<I, char>(aj, t + kPrefetchAhead, nnz_a, bp, bj, nullptr);
+        const I k = aj[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
+          count += mark[j] != stamp;
+          mark[j] = stamp;
+        }
+      }
+    } else {
+      const int bits = log2_pow2_at_least(2 * static_cast<uint64_t>(std::min(f, cols)));
+      const uint64_t size = uint64_t{1} << bits, mask = size - 1;
+      const int shift = 64 - bits;
+      ws.ensure_hash(size, false);
+      I* keys = ws.keys.data();
+      std::fill(keys, keys + size, I(-1));
+      for (int64_t t = s; t < e; ++t) {
+        const I k = aj[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
+          uint64_t h = slot_of(j, shift);
+          for (;;) {
+            const I key = keys[h];
+            if (key == j) break;
+            if (key < 0) {
+              keys[h] = j;
+              ++count;
+              break;
+            }
+            h = (h + 1) & mask;
+          }
+        }
+      }
+    }
+    counts[i] = static_cast<I>(count);
+  }
+}
+
+template <class P, typename V, typename I>
+void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, int64_t r1,
+                  const I* cp, I* cj, V* cx) {
+  RowWorkspace<V, I> ws;
+  const int64_t nnz_a = a.indptr[a.rows];
+  const I* ap = a.indptr;
+  const I* aj = a.indices;
+  const V* ax = a.data;
+  const I* bp = b.indptr;
+  const I* bj = b.indices;
+  const V* bx = b.data;
+  const int64_t cols = b.cols;
+  int penalty = 0;
+  int64_t hash_rows = 0;
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t f = flop[i];
+    const int64_t s = ap[i], e = ap[i + 1];
+    const int64_t out = cp[i], nnz = cp[i + 1] - cp[i];
+    if (nnz == 0) continue;
+    if (e - s == 1) {
+      const I k = aj[s];
+      const int64_t u0 = bp[k];
+      std::memcpy(cj + out, bj + u0, static_cast<size_t>(nnz) * sizeof(I));
+      P::scale(ax[s], bx + u0, nnz, cx + out);
+      continue;
+    }
+    // The span costs a load per term of A_i; only rows with many products can amortise the scan, so
+    // smaller rows skip it, and rows with f * kSpanPerFlop >= cols scan all columns without it.
+    int64_t wlo = 0, whi = cols - 1;
+    bool dense_span = f * kSpanPerFlop >= cols;
+    if (!dense_span && f >= kSpanMinFlops) {
+      column_span(ap, aj, bp, bj, s, e, &wlo, &whi);
+      dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
+    }
+    if (dense_span && nnz == whi - wlo + 1) {
+      // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
+      ws.ensure_dense(cols, true);
+      V* acc = ws.acc.data();
+      for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) acc[bj[u]] += product(av, bx[u]);
+      }
+      I* oj = cj + out;
+      V* ox = cx + out;
+      for (int64_t q = 0; q < nnz; ++q) {
+        oj[q] = static_cast<I>(wlo + q);
+        ox[q] = acc[wlo + q];
+        acc[wlo + q] = V(0);
+      }
+    } else if (dense_span) {
+      uint8_t* flags = ws.ensure_dense(cols, true);
+      V* acc = ws.acc.data();
+      for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
+          acc[j] += product(av, bx[u]);
+          flags[j] = 1;
+        }
+      }
+      P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, cj + out, cx + out);
+    } else if (nnz == f && P::kSortPairs) {
+      // No two products share a column (common for random matrices): C_i is the products themselves,
+      // sorted by column; no accumulator. 0 + p keeps scipy's sign of zero.
+      if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
+      if (ws.vals.size() < static_cast<size_t>(f) + 8) ws.vals.resize(static_cast<size_t>(f) + 8);
+      I* keys = ws.keys.data();
+      V* vals = ws.vals.data();
+      int64_t n = 0;
+      for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+          keys[n] = bj[u];
+          vals[n] = V(0) + product(av, bx[u]);
+        }
+      }
+      P::sort_pairs_into(keys, vals, n, cj + out, cx + out);
+    } else if (cols <= kDenseListMaxCols && penalty < 16) {
+      // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
+      // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
+      // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
+      const Stamp stamp = ws.next_stamp(cols);
+      Stamp* mark = ws.mark.data();
+      if (ws.list_acc.size() < static_cast<size_t>(cols)) ws.list_acc.resize(static_cast<size_t>(cols));
+      V* acc = ws.list_acc.data();
+      I* oj = cj + out;
+      V* ox = cx + out;
+      if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
+      I* list = ws.keys.data();
+      int64_t n = 0;
+      for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
+          const bool fresh = mark[j] != stamp;
+          const V old = fresh ? V(0) : acc[j];
+          acc[j] = old + product(av, bx[u]);
+          mark[j] = stamp;
+          list[n] = j;
+          n += fresh;
+        }
+      }
+      // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
+      // with the order-preserving hash below; after a run of such rows, later rows go there, with a
+      // retry every 256 rows. Either path gives identical output.
+      penalty = P::sort_into(list, n, oj) ? std::max(0, penalty - 1) : penalty + 8;
+      for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
+    } else {
+      if (++hash_rows % 256 == 0) penalty = 0;
+      // Order-preserving hash: slot = (j - lo) * size / span, linear probing into an overflow tail
+      // (no wrap-around). The occupied slots then hold the keys in nearly sorted order (an inversion only
+      // inside a probe cluster), so a short insertion sort finishes the row; std::sort if it is not short.
+      const uint64_t size = 2 * static_cast<uint64_t>(nnz);
+      const uint64_t span = static_cast<uint64_t>(whi - wlo + 1);
+      const uint64_t mul = (size << 32) / span;  // slot = ((j - lo) * mul) >> 32 < size
+      const size_t len = static_cast<size_t>(size + nnz + 1);
+      ws.ensure_hash(len, true);
+      I* keys = ws.keys.data();
+      V* vals = ws.vals.data();
+      std::fill(keys, keys + len, I(-1));
+      for (int64_t t = s; t < e; ++t) {
+        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+        const I k = aj[t];
+        const V av = ax[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
+          const V p = product(av, bx[u]);
+          uint64_t h = static_cast<uint64_t>((static_cast<unsigned __int128>(static_cast<uint64_t>(j - wlo)) * mul) >> 32);
+          for (;;) {
+            const I key = keys[h];
+            if (key == j) {
+              vals[h] += p;
+              break;
+            }
+            if (key < 0) {
+              keys[h] = j;
+              vals[h] = p;
+              break;
+            }
+            ++h;
+          }
+        }
+      }
+      // Compact (branch-free) into the output row, which has room for exactly nnz entries.
+      I* oj = cj + out;
+      V* ox = cx + out;
+      int64_t n = 0;
+      for (size_t h = 0; n < nnz; ++h) {  // n < nnz on every write: an empty slot's write is overwritten
+        const I key = keys[h];
+        oj[n] = key;
+        ox[n] = vals[h];
+        n += key >= 0;
+      }
+      sort_pairs_nearly_sorted(oj, ox, n);
+    }
+  }
+}
+
+// The portable pieces; an ISA policy overrides what it can do faster.
+struct ScalarPolicy {
+  static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
+  template <typename I, typename V>
+  static void sort_pairs_into(I* keys, V* vals, int64_t n, I* oj, V* ox) {
+    std::memcpy(oj, keys, static_cast<size_t>(n) * sizeof(I));
+    std::memcpy(ox, vals, static_cast<size_t>(n) * sizeof(V));
+    sort_pairs_nearly_sorted(oj, ox, n);
+  }
+  // out[0..n) = list[0..n) sorted (keys unique). False when it was expensive (keys far from sorted).
+  template <typename I>
+  static bool sort_into(I* list, int64_t n, I* out) {
+    std::memcpy(out, list, static_cast<size_t>(n) * sizeof(I));
+    return sort_keys_nearly_sorted(out, n);
+  }
+  template <typename V>
+  static void scale(V a, const V* x, int64_t n, V* y) {
+    for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];
+  }
+  // Writes the live columns in [lo, hi) in ascending order with their values, and clears flags and acc
+  // behind them. Skips 8 dead columns at a time.
+  template <typename V, typename I>
+  static int64_t gather_flags(uint8_t* flags, int64_t lo, int64_t hi, V* acc, I* oj, V* ox) {
+    int64_t n = 0, j = lo;
+    for (; j < hi; ++j) {
+      if ((j & 7) == 0 && j + 8 <= hi) {
+        uint64_t word;
+        std::memcpy(&word, flags + j, 8);
+        if (word == 0) {
+          j += 7;
+          continue;
+        }
+      }
+      if (flags[j]) {
+        flags[j] = 0;
+        oj[n] = static_cast<I>(j);
+        ox[n] = acc[j];
+        acc[j] = V(0);
+        ++n;
+      }
+    }
+    return n;
+  }
+};
+
+}  // namespace
+}  // namespace sparseforge

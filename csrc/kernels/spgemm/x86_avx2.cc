@@ -1,0 +1,179 @@
+// AVX2 variant of spgemm (compiled with -mavx2 -mfma; reached only when the CPU has them).
+// The hashed accumulation is scatter-bound and stays scalar (AVX2 has no scatter, and products are kept
+// unfused so values stay bit-identical to the reference). AVX2 helps where rows are dense:
+//   * reading back the dense accumulator: 32 column flags per compare + movemask, and a run of 32 live
+//     columns (the common case of dense output rows such as X·Xᵀ) emitted with 256-bit loads/stores;
+//   * scaled copies of single-term rows, 8 (f32) or 4 (f64) lanes at a time;
+//   * sorting a row's columns (int32, up to 160): a branch-free rank sort with 8-lane compares, so rows
+//     with random columns (Erdős–Rényi, R-MAT) stay on the dense accumulator instead of the hash;
+//   * rows whose products all have distinct columns (nnz(C_i) == flops, typical of random matrices):
+//     the products are rank-sorted with their values, with no accumulator at all.
+#if defined(SPARSEFORGE_HAVE_AVX2)
+#include <immintrin.h>
+
+#include <climits>
+
+#include "spgemm_rows.h"
+
+namespace sparseforge {
+
+namespace {
+// Emits the 32 consecutive columns base.. with their values and clears the accumulator behind them.
+template <typename V, typename I>
+inline void emit_run32(int64_t base, V* acc, I* oj, V* ox) {
+  if constexpr (sizeof(I) == 4) {
+    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(base)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int q = 0; q < 32; q += 8, idx = _mm256_add_epi32(idx, _mm256_set1_epi32(8)))
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(oj + q), idx);
+  } else {
+    __m256i idx = _mm256_add_epi64(_mm256_set1_epi64x(base), _mm256_setr_epi64x(0, 1, 2, 3));
+    for (int q = 0; q < 32; q += 4, idx = _mm256_add_epi64(idx, _mm256_set1_epi64x(4)))
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(oj + q), idx);
+  }
+  if constexpr (sizeof(V) == 4) {
+    for (int q = 0; q < 32; q += 8) {
+      _mm256_storeu_ps(reinterpret_cast<float*>(ox + q), _mm256_loadu_ps(reinterpret_cast<const float*>(acc + base + q)));
+      _mm256_storeu_ps(reinterpret_cast<float*>(acc + base + q), _mm256_setzero_ps());
+    }
+  } else {
+    for (int q = 0; q < 32; q += 4) {
+      _mm256_storeu_pd(reinterpret_cast<double*>(ox + q), _mm256_loadu_pd(reinterpret_cast<const double*>(acc + base + q)));
+      _mm256_storeu_pd(reinterpret_cast<double*>(acc + base + q), _mm256_setzero_pd());
+    }
+  }
+}
+
+struct Avx2Policy {
+  // int32 keys, up to kRankSortMax of them: rank sort, branch-free. For a block of 8 keys, count with
+  // 8-lane compares how many keys are smaller than each (n*n/8 compares in all), then scatter every key
+  // to its rank. No data-dependent branches, so random keys cost the same as sorted ones.
+  static constexpr int64_t kRankSortMax = 160;
+  static bool sort_into(int32_t* list, int64_t n, int32_t* out) {
+    if (n < 8 || n > kRankSortMax) return ScalarPolicy::sort_into(list, n, out);
+    const int64_t n8 = (n + 7) & ~int64_t{7};
+    for (int64_t q = n; q < n8; ++q) list[q] = INT32_MAX;  // the list has 8 slots of slack
+    alignas(32) int32_t rank[8];
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(list + i));
+      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
+      int64_t jj = 0;
+      for (; jj + 2 <= n; jj += 2) {
+        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
+        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj + 1])));
+      }
+      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
+      const int64_t lanes = std::min<int64_t>(8, n - i);
+      for (int64_t q = 0; q < lanes; ++q) out[rank[q]] = list[i + q];
+    }
+    return true;
+  }
+  static bool sort_into(int64_t* list, int64_t n, int64_t* out) { return ScalarPolicy::sort_into(list, n, out); }
+
+  // The same rank sort carrying a value per key (unique keys; the key array has 8 slots of slack).
+  static constexpr bool kSortPairs = true;
+  template <typename V>
+  static void sort_pairs_into(int32_t* keys, V* vals, int64_t n, int32_t* oj, V* ox) {
+    if (n > kRankSortMax) return ScalarPolicy::sort_pairs_into(keys, vals, n, oj, ox);
+    const int64_t n8 = (n + 7) & ~int64_t{7};
+    for (int64_t q = n; q < n8; ++q) keys[q] = INT32_MAX;
+    alignas(32) int32_t rank[8];
+    for (int64_t i = 0; i < n; i += 8) {
+      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
+      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
+      int64_t jj = 0;
+      for (; jj + 2 <= n; jj += 2) {
+        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
+        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj + 1])));
+      }
+      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
+      const int64_t lanes = std::min<int64_t>(8, n - i);
+      for (int64_t q = 0; q < lanes; ++q) {
+        oj[rank[q]] = keys[i + q];
+        ox[rank[q]] = vals[i + q];
+      }
+    }
+  }
+  template <typename V>
+  static void sort_pairs_into(int64_t* keys, V* vals, int64_t n, int64_t* oj, V* ox) {
+    ScalarPolicy::sort_pairs_into(keys, vals, n, oj, ox);
+  }
+
+  static void scale(float a, const float* x, int64_t n, float* y) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) _mm256_storeu_ps(y + t, _mm256_mul_ps(va, _mm256_loadu_ps(x + t)));
+    for (; t < n; ++t) y[t] = a * x[t];
+  }
+  static void scale(double a, const double* x, int64_t n, double* y) {
+    const __m256d va = _mm256_set1_pd(a);
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) _mm256_storeu_pd(y + t, _mm256_mul_pd(va, _mm256_loadu_pd(x + t)));
+    for (; t < n; ++t) y[t] = a * x[t];
+  }
+  // As ScalarPolicy::gather_flags, 32 flags per compare; a run of 32 live columns (dense output rows
+  // such as X·Xᵀ) is copied with vector loads/stores instead of one column at a time.
+  template <typename V, typename I>
+  static int64_t gather_flags(uint8_t* flags, int64_t lo, int64_t hi, V* acc, I* oj, V* ox) {
+    int64_t n = 0, j = lo;
+    const __m256i zero = _mm256_setzero_si256();
+    for (; j + 32 <= hi; j += 32) {
+      const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flags + j));
+      uint32_t live = ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(f, zero)));
+      if (live == 0) continue;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(flags + j), zero);
+      if (live == 0xFFFFFFFFu) {
+        emit_run32(j, acc, oj + n, ox + n);
+        n += 32;
+        continue;
+      }
+      while (live) {
+        const int64_t c = j + __builtin_ctz(live);
+        live &= live - 1;
+        oj[n] = static_cast<I>(c);
+        ox[n] = acc[c];
+        acc[c] = V(0);
+        ++n;
+      }
+    }
+    for (; j < hi; ++j) {
+      if (flags[j]) {
+        flags[j] = 0;
+        oj[n] = static_cast<I>(j);
+        ox[n] = acc[j];
+        acc[j] = V(0);
+        ++n;
+      }
+    }
+    return n;
+  }
+};
+}  // namespace
+
+template <typename I>
+void spgemm_symbolic_avx2(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop, int64_t r0,
+                          int64_t r1, I* counts) {
+  symbolic_rows<Avx2Policy, I>(a, b, flop, r0, r1, counts);
+}
+
+template <typename V, typename I>
+void spgemm_numeric_avx2(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0,
+                         int64_t r1, const I* cp, I* cj, V* cx) {
+  numeric_rows<Avx2Policy, V, I>(a, b, flop, r0, r1, cp, cj, cx);
+}
+
+template void spgemm_symbolic_avx2<int32_t>(const CsrRef<void, int32_t>&, const CsrRef<void, int32_t>&,
+                                            const int64_t*, int64_t, int64_t, int32_t*);
+template void spgemm_symbolic_avx2<int64_t>(const CsrRef<void, int64_t>&, const CsrRef<void, int64_t>&,
+                                            const int64_t*, int64_t, int64_t, int64_t*);
+#define SPGEMM_NUMERIC_INST(V, I)                                                                         \
+  template void spgemm_numeric_avx2<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*, int64_t, \
+                                          int64_t, const I*, I*, V*);
+SPGEMM_NUMERIC_INST(float, int32_t)
+SPGEMM_NUMERIC_INST(float, int64_t)
+SPGEMM_NUMERIC_INST(double, int32_t)
+SPGEMM_NUMERIC_INST(double, int64_t)
+
+}  // namespace sparseforge
+#endif  // SPARSEFORGE_HAVE_AVX2

