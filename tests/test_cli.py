@@ -43,6 +43,7 @@ def test_run_main_job(cli):
     (["run", "magnitude", "--target", "nothing.*"], "matched no module"),
     (["run", "magnitude", "--pattern", "2:4", "--model", "cnn", "--no-progress", "--epochs", "1"], "multiple of 4"),
     (["list", "--kind", "weird"], "--kind must be one of"),
+    (["run", "static_decoding", "--no-progress"], "acts on whole models"),
 ])
 def test_user_mistakes_exit_2_without_traceback(cli, args, needle):
     out = cli(*args)

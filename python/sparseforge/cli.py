@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, extra)
     except UnknownMethodError as exc:
         return _fail(str(exc))
-    except (ConfigError, UsageError, MethodConflictError, PluginLoadError) as exc:
+    except (ConfigError, UsageError, MethodConflictError, PluginLoadError, NotImplementedError) as exc:
         return _fail(str(exc))
     except (ValueError, TypeError) as exc:
         # The library raises these for the user's own input (targets, patterns, shapes), with a message.

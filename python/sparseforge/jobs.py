@@ -56,6 +56,9 @@ def run_job(spec: JobSpec, baseline: DenseBaseline | None = None) -> tuple[nn.Mo
     """Applies ``spec.method`` as its stage prescribes; returns the sparse model and a result dict with
     dense/sparse accuracy, sparsity and weight bytes."""
     cls = get_method(spec.method)
+    if not cls.needs_targets:
+        raise NotImplementedError(f"{spec.method} acts on whole models of its own kind ({cls.kind}); it has no "
+                                  "image-classification job (see `sparseforge info " + spec.method + "`)")
     t0 = time.perf_counter()
     baseline = baseline or train_dense(spec)
     data, dense = baseline.data, baseline.model

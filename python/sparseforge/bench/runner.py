@@ -92,6 +92,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         try:
             _, result = run_job(dataclasses.replace(base_spec, method=name), baseline)
             row.update(quality=result)
+        except NotImplementedError as exc:
+            errors[name] = str(exc)
+            continue
         except Exception as exc:  # one method failing must not hide the others' numbers
             errors[name] = f"quality: {type(exc).__name__}: {exc}"
             continue
