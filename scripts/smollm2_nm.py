@@ -65,8 +65,9 @@ def main():
     pruned = {}
     for pat in args.patterns:
         model = sf.sparsify(copy.deepcopy(dense), "magnitude", pattern=pat, targets=["model.layers.*"])
+        dec = [x for x in sf.sparsity_report(model).layers if x.name.startswith("model.layers.")]
         rows.append((f"magnitude {pat}", perplexity(model, ids, args.window_len, args.windows),
-                     sf.sparsity_report(model).sparsity))
+                     1 - sum(x.nnz for x in dec) / sum(x.numel for x in dec)))
         pruned[pat] = model
         print(rows[-1], flush=True)
     result = {"perplexity": [{"model": r[0], "ppl": r[1], "sparsity": r[2]} for r in rows], "decode": []}
