@@ -10,9 +10,14 @@ PLUGIN = os.path.join(os.path.dirname(__file__), "..", "plugins", "example-plugi
 
 
 @pytest.fixture(scope="module")
-def installed_plugin():
+def installed_plugin(tmp_path_factory):
+    import shutil
+
+    # Build from a copy: setuptools leaves build/ and *.egg-info next to the sources it builds.
+    src = tmp_path_factory.mktemp("plugin") / "example-plugin"
+    shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     pip = [sys.executable, "-m", "pip"]
-    proc = subprocess.run(pip + ["install", "-q", "--no-build-isolation", "--no-deps", PLUGIN],
+    proc = subprocess.run(pip + ["install", "-q", "--no-build-isolation", "--no-deps", str(src)],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"pip install of the example plugin failed:\n{proc.stderr}")
