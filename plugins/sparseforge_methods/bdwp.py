@@ -21,10 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sparseforge.config import Config, ConfigError, param
+from sparseforge.config import param
 from sparseforge.masking import apply_mask
 from sparseforge.patterns import nm_mask_along
-from sparseforge.registry import Method, Paper
+from sparseforge.nm_method import NMConfig, NMMethod
+from sparseforge.registry import Paper
 
 
 def forward_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -92,30 +93,21 @@ _SWAP = {nn.Linear: BDWPLinear, nn.Conv2d: BDWPConv2d}
 
 
 @dataclass
-class BDWPConfig(Config):
+class BDWPConfig(NMConfig):
     n: int = param(2, "weights kept per group (forward and backward)", range=(1, 64))
     m: int = param(8, "group size; the paper's default is 2:8", range=(1, 64))
     decay: float = param(0.0, "optional SR-STE-style decay on weights pruned in the forward mask",
                          range=(0.0, 1.0))
 
-    def check(self) -> None:
-        if self.n > self.m:
-            raise ConfigError(self.METHOD, "n", self.n, f"<= m ({self.m})")
 
-
-class BDWP(Method):
+class BDWP(NMMethod):
     name = "bdwp"
     paper = Paper("Efficient N:M Sparse DNN Training Using Algorithm, Architecture, and Dataflow Co-Design",
                   2023, "2309.13015")
-    kind = "nm"
-    kernel = "nm_gemm"
     Config = BDWPConfig
     summary = "N:M along the input dim forward and along the output dim for dX; dense dW (STE)."
     stage = "during_training"
     default_targets = (nn.Linear, nn.Conv2d)
-
-    def nm_pattern(self):
-        return self.config.n, self.config.m
 
     def apply(self, model, targets):
         cfg = self.config

@@ -31,11 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sparseforge.config import Config, ConfigError, param
+from sparseforge.config import param
 from sparseforge.masking import SparseParametrization, freeze_mask, register_sparse_parametrization
 from sparseforge.patterns import nm_mask
-from sparseforge.registry import Method, Paper
-from sparseforge.targets import require_reduction_multiple
+from sparseforge.nm_method import NMConfig, NMMethod
+from sparseforge.registry import Paper
 
 
 class CASTScale(SparseParametrization):
@@ -58,9 +58,7 @@ class CASTScale(SparseParametrization):
 
 
 @dataclass
-class CASTConfig(Config):
-    n: int = param(2, "weights kept per group", range=(1, 64))
-    m: int = param(4, "group size along the input dimension", range=(1, 64))
+class CASTConfig(NMConfig):
     mask_interval: int = param(10, "T₁: steps between mask updates", range=(1, 10**6))
     decay_strength: float = param(1.5, "cumulative L1 decay by projection, in units of the layer's mean kept |w|",
                                   range=(0.0, 100.0))
@@ -72,27 +70,18 @@ class CASTConfig(Config):
     total_steps: int | None = param(None, "steps of the whole run; unset: taken from the training loop",
                                     range=(1, 2**31 - 1), optional=True)
 
-    def check(self) -> None:
-        if self.n > self.m:
-            raise ConfigError(self.METHOD, "n", self.n, f"<= m ({self.m})")
 
-
-class CAST(Method):
+class CAST(NMMethod):
     name = "cast"
     paper = Paper("CAST: Continuous and Differentiable Semi-Structured Sparsity-Aware Training for Large "
                   "Language Models", 2025, "2509.25996")
-    kind = "nm"
-    kernel = "nm_gemm"
     Config = CASTConfig
     summary = "Dense to exact N:M by adaptive L1 decay of the pruned-to-be weights, γ scaling and self-distillation."
     stage = "fine_tuning"
 
-    def nm_pattern(self):
-        return self.config.n, self.config.m
-
     def apply(self, model, targets):
         cfg = self.config
-        require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")
+        self.check_targets(targets)
         self.scales = []
         for t in targets:
             w = getattr(t.module, t.param)

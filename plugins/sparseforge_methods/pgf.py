@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseforge.config import Config, ConfigError, param
+from sparseforge.config import ConfigError, param
 from sparseforge.masking import SparseParametrization, freeze_mask, register_sparse_parametrization
 from sparseforge.patterns import nm_mask, reduction_size
-from sparseforge.registry import Method, Paper
-from sparseforge.targets import require_reduction_multiple
+from sparseforge.nm_method import NMConfig, NMMethod
+from sparseforge.registry import Paper
 
 MODES = ("mdgf_exp", "mdgf_linear", "sdgf_stepwise", "sdgf_geometric")
 
@@ -100,7 +100,7 @@ def sdgf_schedule(n: int, m: int, mode: str, k_sizes: list[int] | None = None) -
 
 
 @dataclass
-class PGFConfig(Config):
+class PGFConfig(NMConfig):
     n: int = param(1, "weights kept per group at the end", range=(1, 64))
     m: int = param(8, "group size along the input dimension", range=(1, 64))
     mode: str = param("mdgf_exp", "gradient-flow schedule", choices=MODES)
@@ -114,28 +114,22 @@ class PGFConfig(Config):
                                     range=(1, 2**31 - 1), optional=True)
 
     def check(self) -> None:
-        if self.n > self.m:
-            raise ConfigError(self.METHOD, "n", self.n, f"<= m ({self.m})")
+        super().check()
         if self.mode == "sdgf_stepwise" and self.m & (self.m - 1):
             raise ConfigError(self.METHOD, "m", self.m, "a power of two for sdgf_stepwise")
 
 
-class PGF(Method):
+class PGF(NMMethod):
     name = "pgf"
     paper = Paper("Progressive Gradient Flow for Robust N:M Sparsity Training in Transformers", 2024,
                   "2402.04744", "https://github.com/abhibambhaniya/progressive_gradient_flow_nm_sparsity")
-    kind = "nm"
-    kernel = "nm_gemm"
     Config = PGFConfig
     summary = "High-ratio N:M training with decaying gradient flow to pruned weights (MdGf / SdGf)."
     stage = "during_training"
 
-    def nm_pattern(self):
-        return self.config.n, self.config.m
-
     def apply(self, model, targets):
         cfg = self.config
-        require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")
+        self.check_targets(targets)
         self.params = []
         for t in targets:
             p = PGFMask(cfg.n, cfg.m, alpha=1.0, phase="dense")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseforge.config import Config, param
+from sparseforge.config import param
 from sparseforge.masking import SparseParametrization, freeze_mask, get_mask, register_sparse_parametrization
 from sparseforge.patterns import nm_mask
-from sparseforge.registry import Method, Paper
-from sparseforge.targets import require_reduction_multiple
+from sparseforge.nm_method import NMConfig, NMMethod
+from sparseforge.registry import Paper
 
 
 class _SRSTEFunction(torch.autograd.Function):
@@ -64,36 +64,23 @@ class SRSTEMask(SparseParametrization):
 
 
 @dataclass
-class SRSTEConfig(Config):
-    n: int = param(2, "weights kept per group", range=(1, 64))
-    m: int = param(4, "group size along the input dimension", range=(1, 64))
+class SRSTEConfig(NMConfig):
     decay: float = param(2e-4, "λ_W, the sparse-refined decay on pruned weights; 0 gives plain STE",
                          range=(0.0, 1.0))
     track_flips: bool = param(True, "count mask flips per step (the paper's SAD metric)")
 
-    def check(self) -> None:
-        from sparseforge.config import ConfigError
 
-        if self.n > self.m:
-            raise ConfigError(self.METHOD, "n", self.n, f"<= m ({self.m})")
-
-
-class SRSTE(Method):
+class SRSTE(NMMethod):
     name = "srste"
     paper = Paper("Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch", 2021,
                   "2102.04010", "https://github.com/NM-sparsity/NM-sparsity")
-    kind = "nm"
-    kernel = "nm_gemm"
     Config = SRSTEConfig
     summary = "Train N:M from scratch: dynamic |W| masks, STE backward plus decay on pruned weights."
     stage = "during_training"
 
-    def nm_pattern(self):
-        return self.config.n, self.config.m
-
     def apply(self, model, targets):
         cfg = self.config
-        require_reduction_multiple(self.name, targets, cfg.m, f"{cfg.n}:{cfg.m}")
+        self.check_targets(targets)
         for t in targets:
             register_sparse_parametrization(t.module, SRSTEMask(cfg.n, cfg.m, cfg.decay), t.param)
         self.mask_flips: list[int] = []

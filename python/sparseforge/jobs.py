@@ -7,7 +7,6 @@ import copy
 import dataclasses
 import time
 
-import torch
 import torch.nn as nn
 
 from .api import method_of, sparsify
