@@ -147,3 +147,21 @@ def test_format_validation_errors():
         SparseConvWeight.from_dense(np.ones((4, 4), np.float32), block=3)
     with pytest.raises(ValueError, match="1x1"):
         SparseConvWeight.from_dense(np.ones((4, 4, 3, 3), np.float32))
+
+
+def test_plan_checks_once_and_owns_its_copy():
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, 20, 12, 0.6, block=2)
+    p = SparseConvWeight.from_dense(w, block=2)
+    arrays = [a.copy() if isinstance(a, np.ndarray) else a for a in p.arrays()]
+    plan = _C.SpmmConvPlan(*arrays)
+    assert (plan.c_out, plan.c_in, plan.block) == (20, 12, 2)
+    arrays[3][:] = 0  # the plan copied the values when it was made
+    x = rng.standard_normal((2, 12, 29)).astype(np.float32)
+    ref, mag = reference(w, x, None, 0.0, np.inf)
+    check(plan.run(x, out_min=0.0), ref, mag, 12)
+    bad = list(p.arrays()); bad[2] = bad[2].copy(); bad[2][-1] = 50
+    with pytest.raises(ValueError, match="idx_delta"):
+        _C.SpmmConvPlan(*bad)
+    with pytest.raises(ValueError, match="argument 'x'"):
+        plan.run(x[:, :5].copy())

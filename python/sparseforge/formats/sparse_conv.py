@@ -11,6 +11,7 @@ prefix sums of ``nnz``. Packing happens once, at export time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -140,6 +141,13 @@ class SparseConvWeight:
         if k.size and (k.min() < 0 or k.max() >= self.c_in):
             err(f"input-channel indices must lie in [0, {self.c_in})")
         return self
+
+    @cached_property
+    def plan(self):
+        """The weight checked once and owned by the compiled core (``_C.SpmmConvPlan``)."""
+        from sparseforge import _C
+
+        return _C.SpmmConvPlan(*self.arrays())
 
     def arrays(self) -> tuple:
         """Positional arguments of ``_C.spmm_conv`` after ``x``."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -18,6 +19,26 @@ from sparseforge import _C
 __all__ = ["sparse_conv1x1", "ACTIVATIONS"]
 
 ACTIVATIONS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
+
+# Checked, core-owned copies of packed weights (_C.SpmmConvPlan), so a call skips the O(nnz) index
+# check. The key holds the tensors' addresses and in-place versions (a mutated buffer gets a new plan),
+# and the entry holds the tensors, so an address cannot be reused while its plan is cached.
+_PLANS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MAX_PLANS = 512
+
+
+def _plan(nnz, offsets, idx_delta, values, c_out, c_in, block):
+    ts = (nnz, offsets, idx_delta, values)
+    key = tuple((t.data_ptr(), t.numel(), t._version) for t in ts) + (c_out, c_in, block)
+    hit = _PLANS.get(key)
+    if hit is not None:
+        _PLANS.move_to_end(key)
+        return hit[1]
+    plan = _C.SpmmConvPlan(*(t.numpy() for t in ts), c_out, c_in, block)
+    _PLANS[key] = (ts, plan)
+    if len(_PLANS) > _MAX_PLANS:
+        _PLANS.popitem(last=False)
+    return plan
 
 
 @torch.library.custom_op("sparseforge::sparse_conv1x1", mutates_args=())
@@ -30,9 +51,9 @@ def _sparse_conv1x1(x: torch.Tensor, nnz: torch.Tensor, offsets: torch.Tensor, i
     # NCHW is the kernel's layout; a channels_last or strided view is made contiguous here, once.
     xc = x.detach().contiguous()
     out = torch.empty((n, c_out, h, w), dtype=torch.float32)
-    _C.spmm_conv(xc.numpy().reshape(n, xc.shape[1], h * w), nnz.numpy(), offsets.numpy(), idx_delta.numpy(),
-                 values.numpy(), c_out, c_in, block, None if bias is None else bias.detach().numpy(),
-                 out_min, out_max, out.numpy().reshape(n, c_out, h * w))
+    plan = _plan(nnz, offsets, idx_delta, values, c_out, c_in, block)
+    plan.run(xc.numpy().reshape(n, xc.shape[1], h * w), None if bias is None else bias.detach().numpy(),
+             out_min, out_max, out.numpy().reshape(n, c_out, h * w))
     return out
 
 
