@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from sparseforge.formats import SparseConvWeight
-from sparseforge.ops.sparse_conv1x1 import ACTIVATIONS, sparse_conv1x1
+from sparseforge.ops.sparse_conv1x1 import ACTIVATIONS, _sparse_conv1x1
 
 __all__ = ["SparseConv2d", "export_sparse_conv", "is_eligible_conv"]
 
@@ -57,7 +57,13 @@ class SparseConv2d(nn.Module):
         return torch.from_numpy(self.packed.to_dense()).reshape(self.out_channels, self.in_channels, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_conv1x1(x, self.packed, self.bias, self.activation)
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SparseConv2d: input must be float32 CPU [N, {self.in_channels}, H, W], got "
+                             f"{x.dtype} on {x.device} with shape {tuple(x.shape)}")
+        lo, hi = ACTIVATIONS[self.activation]
+        # The buffers go straight to the op, which keeps one checked plan per buffer set.
+        return _sparse_conv1x1(x, self.nnz, self.offsets, self.idx_delta, self.values, self.bias, self.out_channels,
+                               self.in_channels, self.block, lo, hi)
 
     def extra_repr(self) -> str:
         p = self.packed

@@ -27,9 +27,16 @@ _PLANS: "OrderedDict[tuple, tuple]" = OrderedDict()
 _MAX_PLANS = 512
 
 
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor (made under torch.inference_mode) tracks no version
+        return -1
+
+
 def _plan(nnz, offsets, idx_delta, values, c_out, c_in, block):
     ts = (nnz, offsets, idx_delta, values)
-    key = tuple((t.data_ptr(), t.numel(), t._version) for t in ts) + (c_out, c_in, block)
+    key = tuple((t.data_ptr(), t.numel(), _version(t)) for t in ts) + (c_out, c_in, block)
     hit = _PLANS.get(key)
     if hit is not None:
         _PLANS.move_to_end(key)
