@@ -85,10 +85,13 @@ class Xnnpack:
 
 
 def timed(fn, iters):
-    t = time.perf_counter()
+    """Median of `iters` single-call times: robust to the preemptions of a shared machine."""
+    ts = []
     for _ in range(iters):
+        t = time.perf_counter()
         fn()
-    return (time.perf_counter() - t) / iters
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
 
 
 def sparse_weight(rng, c_out, c_in, sparsity, block):
@@ -130,18 +133,22 @@ def bench_case(c_in, c_out, hw, sparsity, block, threads, rounds, xnn, rng):
             td.append(timed(lambda: F.conv2d(xt, wt), inner))
         ts.append(timed(lambda: plan.run(x3, out=out), inner * 2))
         if xnn_time is not None:
-            tx.append(xnn_time(inner * 2) / (inner * 2))
+            tx.append(float(np.median([xnn_time(1) for _ in range(inner * 2)])))
     td, ts = np.array(td), np.array(ts)
     row = {
         "c_in": c_in, "c_out": c_out, "hw": hw, "sparsity": sparsity, "block": block, "threads": threads,
         "rounds": rounds, "inner": inner, "rel_err": err,
         "dense_us": float(np.median(td) * 1e6), "sparse_us": float(np.median(ts) * 1e6),
         "vs_dense": float(np.median(td / ts)), "vs_dense_min": float(np.min(td / ts)), "vs_dense_max": float(np.max(td / ts)),
+        "vs_dense_q25": float(np.percentile(td / ts, 25)), "vs_dense_q75": float(np.percentile(td / ts, 75)),
+        "vs_dense_best": float(td.min() / ts.min()),
     }
     if xnn_time is not None:
         tx = np.array(tx)
         row.update({"xnnpack_us": float(np.median(tx) * 1e6), "vs_xnnpack": float(np.median(tx / ts)),
                     "vs_xnnpack_min": float(np.min(tx / ts)), "vs_xnnpack_max": float(np.max(tx / ts)),
+                    "vs_xnnpack_q25": float(np.percentile(tx / ts, 25)), "vs_xnnpack_q75": float(np.percentile(tx / ts, 75)),
+                    "vs_xnnpack_best": float(tx.min() / ts.min()),
                     "xnnpack_rel_err": err_x})
     return row
 
@@ -164,7 +171,7 @@ def main(argv=None):
     print(f"sparseforge spmm_conv: kernel {_C.kernel_for('spmm_conv')}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; XNNPACK: {'libXNNPACK (Debian), single thread' if xnn.lib else 'skipped: ' + xnn.error}")
     print(f"{'C_in x C_out x HW':>18} {'sp':>4} {'blk':>3} {'thr':>3} {'dense us':>9} {'sparse us':>9} "
-          f"{'vs dense (min..max)':>22} {'xnnpack us':>10} {'vs xnnpack (min..max)':>22}")
+          f"{'vs dense (q25..q75)':>22} {'xnnpack us':>10} {'vs xnnpack (q25..q75)':>22}")
     for threads in (1, 2):
         for (c_in, c_out, hw), sp, block in cases:
             r = bench_case(c_in, c_out, hw, sp, block, threads, rounds, xnn, rng)
@@ -172,7 +179,7 @@ def main(argv=None):
             xs = (f"{r['xnnpack_us']:10.1f} {r['vs_xnnpack']:8.2f}x ({r['vs_xnnpack_min']:.2f}..{r['vs_xnnpack_max']:.2f})"
                   if "xnnpack_us" in r else f"{'-':>10} {'-':>22}")
             print(f"{c_in:>5}x{c_out:>5}x{hw:>5} {sp:4.1f} {block:3d} {threads:3d} {r['dense_us']:9.1f} {r['sparse_us']:9.1f} "
-                  f"{r['vs_dense']:8.2f}x ({r['vs_dense_min']:.2f}..{r['vs_dense_max']:.2f})  {xs}", flush=True)
+                  f"{r['vs_dense']:8.2f}x ({r['vs_dense_q25']:.2f}..{r['vs_dense_q75']:.2f})  {xs}", flush=True)
     summary = {}
     for threads in (1, 2):
         for sp in SPARSITIES:
