@@ -4,8 +4,9 @@
 
 MobileNetV2 1x1 shapes (C_in x C_out x HW) at 70/80/90% unstructured sparsity (plus 4x1 output-channel
 blocks at 80/90%), batch 1. Every ratio is measured in one run: each round times torch dense, sparseforge
-and XNNPACK back to back (interleaved), a round's time is the mean of `inner` calls, the table shows the
-median over rounds of the per-round ratios and their spread (min..max). torch and sparseforge run with
+and XNNPACK back to back (interleaved), a round's time is the median of `inner` single calls, the table
+shows the median over rounds of the per-round ratios and their spread (25th..75th percentile; the JSON
+also has min..max and the ratio of the best times). torch and sparseforge run with
 1 and 2 threads; the XNNPACK comparison is single-threaded (no thread pool). XNNPACK comes from Debian's
 libxnnpack-dev + libpthreadpool-dev through benchmarks/xnnpack_shim.c, compiled here; without them that
 column says why it is missing.
