@@ -80,10 +80,10 @@ class FastSparseConvNets(Method):
     Config = FastSparseConvNetsConfig
     summary = "Gradual (Zhu & Gupta) magnitude pruning of 1x1 convs, 1/2x1/4x1 blocks, CHW SpMM inference."
     stage = "during_training"
-    default_targets = (nn.Conv2d,)
 
     def apply(self, model, targets):
-        # Only pointwise convs: the stem, the depthwise convs and the classifier stay dense (the paper).
+        # Only pointwise convs: the stem, the depthwise convs and the classifier stay dense (the paper);
+        # a model without any (an MLP) is left unchanged.
         self.targets = [t for t in targets if is_pointwise(t.module)]
         for t in self.targets:
             apply_mask(t.module, torch.ones_like(getattr(t.module, t.param), dtype=torch.bool), t.param)

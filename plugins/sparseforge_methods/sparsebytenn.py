@@ -185,19 +185,21 @@ class SparseByteNN(Method):
     Config = SparseByteNNConfig
     summary = "Group sparsity (G output channels x 1 input channel x kxk) after a channel rearrangement; fine-tune."
     stage = "post_training"
-    default_targets = (nn.Conv2d,)
 
     def apply(self, model, targets, probe: torch.Tensor | None = None):
         cfg = self.config
         # Depthwise convs have one input channel per output channel: group sparsity does not apply.
-        self.targets = [t for t in targets if isinstance(t.module, nn.Conv2d) and t.module.groups == 1]
+        # (Linear layers take the same 1xG groups of output rows; only convs are rearranged.)
+        self.targets = [t for t in targets if (isinstance(t.module, nn.Conv2d) and t.module.groups == 1)
+                        or isinstance(t.module, nn.Linear)]
+        convs = [t.module for t in self.targets if isinstance(t.module, nn.Conv2d)]
         self.rearranged = []
-        if cfg.rearrange and cfg.group_size > 1:
+        if cfg.rearrange and cfg.group_size > 1 and convs:
             if probe is None:
                 first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
                 probe = torch.randn(2, first.in_channels, 16, 16) if first is not None else None
             try:
-                self.rearranged = rearrange_network(model, [t.module for t in self.targets], cfg.group_size, probe)
+                self.rearranged = rearrange_network(model, convs, cfg.group_size, probe)
             except Exception as exc:  # a model the probe cannot run through: prune without rearranging
                 warnings.warn(f"sparsebytenn: channel rearrangement skipped ({exc})")
         for t in self.targets:
