@@ -63,7 +63,9 @@ def test_matches_float64_reference(monkeypatch, isa, block, shape, act):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("shape", [(1, 64, 96, 784), (1, 128, 64, 49), (4, 32, 48, 196), (2, 48, 40, 300)])
+# Sizes past the dispatcher's ~1M multiply-add threshold, one per split: pixel ranges (a large map),
+# output-channel blocks (a 7x7 map), whole images (a batch), and a small problem that stays inline.
+@pytest.mark.parametrize("shape", [(1, 256, 130, 790), (1, 512, 300, 49), (5, 128, 96, 196), (2, 48, 40, 300)])
 def test_threads_agree(monkeypatch, isa, threads, shape):
     monkeypatch.setenv("SPARSEFORGE_ISA", isa)
     n, c_in, c_out, hw = shape
