@@ -107,3 +107,15 @@ def test_export_swaps_only_eligible_sparse_convs():
     assert isinstance(model[5][0], nn.Conv2d) and isinstance(model[6], nn.Conv2d) and isinstance(model[0], nn.Conv2d)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_plan_cache_follows_in_place_updates():
+    conv = masked_conv(16, 8, 0.7, bias=False)
+    m = SparseConv2d.from_dense(conv)
+    x = torch.randn(1, 16, 6, 6)
+    y1 = m(x)
+    with torch.no_grad():
+        m.values.mul_(2.0)  # a new buffer version: the op must not reuse the old checked plan
+    torch.testing.assert_close(m(x), 2 * y1)
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), 2 * y1)
