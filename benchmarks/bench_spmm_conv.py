@@ -154,6 +154,25 @@ def bench_case(c_in, c_out, hw, sparsity, block, threads, rounds, xnn, rng):
     return row
 
 
+def summarize(rows):
+    """Worst-shape ratio per target. A 2-thread row counts only when torch's 2-thread dense conv ran at
+    most 2x slower than its 1-thread conv on the same case: on a shared machine its OpenMP workers can be
+    descheduled for whole time slices (tens of ms for a sub-ms conv), which would make any ratio look met."""
+    one = {(r["c_in"], r["c_out"], r["hw"], r["sparsity"], r["block"]): r["dense_us"] for r in rows if r["threads"] == 1}
+    for r in rows:
+        key = (r["c_in"], r["c_out"], r["hw"], r["sparsity"], r["block"])
+        r["dense_stalled"] = bool(r["threads"] > 1 and key in one and r["dense_us"] > 2 * one[key])
+    summary = {}
+    for threads in (1, 2):
+        for sp in SPARSITIES:
+            sel = [r for r in rows if r["threads"] == threads and r["sparsity"] == sp and r["block"] == 1
+                   and not r["dense_stalled"]]
+            worst = min((r["vs_dense"] for r in sel), default=None)
+            summary[f"vs_dense_t{threads}_{sp}"] = {"worst": worst, "target": TARGET_DENSE[sp], "valid_rows": len(sel),
+                                                   "met": worst is not None and worst >= TARGET_DENSE[sp]}
+    return summary
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds, unstructured only")
@@ -181,20 +200,19 @@ def main(argv=None):
                   if "xnnpack_us" in r else f"{'-':>10} {'-':>22}")
             print(f"{c_in:>5}x{c_out:>5}x{hw:>5} {sp:4.1f} {block:3d} {threads:3d} {r['dense_us']:9.1f} {r['sparse_us']:9.1f} "
                   f"{r['vs_dense']:8.2f}x ({r['vs_dense_q25']:.2f}..{r['vs_dense_q75']:.2f})  {xs}", flush=True)
-    summary = {}
-    for threads in (1, 2):
-        for sp in SPARSITIES:
-            sel = [r for r in rows if r["threads"] == threads and r["sparsity"] == sp and r["block"] == 1]
-            worst = min(r["vs_dense"] for r in sel)
-            summary[f"vs_dense_t{threads}_{sp}"] = {"worst": worst, "target": TARGET_DENSE[sp], "met": worst >= TARGET_DENSE[sp]}
+    summary = summarize(rows)
     for sp, tgt in TARGET_XNN.items():
         sel = [r for r in rows if r["threads"] == 1 and r["sparsity"] == sp and r["block"] == 1 and "vs_xnnpack" in r]
         if sel:
             worst = min(r["vs_xnnpack"] for r in sel)
             summary[f"vs_xnnpack_t1_{sp}"] = {"worst": worst, "target": tgt, "met": worst >= tgt}
-    print("\ntargets (worst shape, unstructured):")
+    print("\ntargets (worst shape, unstructured; rows where torch's 2-thread dense conv stalled are not counted):")
     for k, v in summary.items():
-        print(f"  {k:22s} {v['worst']:.2f}x  target >= {v['target']}x  {'met' if v['met'] else 'NOT MET'}")
+        if v["worst"] is None:
+            print(f"  {k:22s} no valid row (torch dense stalled on every shape)  target >= {v['target']}x  NOT MEASURED")
+        else:
+            note = "" if v.get("valid_rows", 4) == 4 else "  ({}/4 shapes valid)".format(v["valid_rows"])
+            print(f"  {k:22s} {v['worst']:.2f}x  target >= {v['target']}x  {'met' if v['met'] else 'NOT MET'}{note}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
