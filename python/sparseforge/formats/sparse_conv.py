@@ -103,14 +103,15 @@ class SparseConvWeight:
     def indices(self) -> np.ndarray:
         """Absolute input-channel index of every entry (undoes the delta coding)."""
         idx = self.idx_delta.astype(np.int64)
-        block_of = np.repeat(np.arange(self.n_blocks), self.nnz)
-        starts = self.offsets[:-1][self.nnz > 0]
+        if idx.size == 0:
+            return idx
+        starts = self.offsets[:-1][self.nnz > 0]  # first entry of every non-empty block
         seg = np.zeros(idx.shape[0], np.int64)
         seg[starts] = 1
-        seg = np.cumsum(seg) - 1
+        seg = np.cumsum(seg) - 1  # which non-empty block each entry belongs to
         csum = np.cumsum(idx)
-        base = np.concatenate([[0], csum])[starts]
-        return (csum - base[seg]).astype(np.int64) if idx.size else idx + 0 * block_of
+        before = np.concatenate([[0], csum])[starts]  # deltas summed before each block's first entry
+        return csum - before[seg]
 
     def to_dense(self) -> np.ndarray:
         """The [c_out, c_in] float32 weight this packs."""
