@@ -1,2 +1,3 @@
 """Kernel-backed modules that replace dense layers at export time."""
 from .nm_linear import NMLinear, export_nm
+from .sparse_conv import SparseConv2d, export_sparse_conv  # noqa: F401

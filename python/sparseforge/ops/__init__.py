@@ -1,3 +1,4 @@
 """Torch custom ops (``sparseforge::<op>``) over the compiled kernels in ``sparseforge._C``."""
 from .nm_linear import nm_linear
 from .spgemm import spgemm
+from .sparse_conv1x1 import sparse_conv1x1  # noqa: F401

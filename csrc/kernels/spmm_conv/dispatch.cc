@@ -1,0 +1,67 @@
+#include <algorithm>
+#include <vector>
+
+#include "spmm_conv.h"
+#include "sparseforge/threading.h"
+
+namespace sparseforge {
+
+SpmmConvKernel select_spmm_conv(Isa isa) {
+#if defined(SPARSEFORGE_HAVE_AVX2)
+  if (isa == Isa::kAvx2) return {spmm_conv_f32_avx2, Isa::kAvx2};
+#endif
+#if defined(SPARSEFORGE_HAVE_NEON)
+  if (isa == Isa::kNeon) return {spmm_conv_f32_neon, Isa::kNeon};
+#endif
+  return {spmm_conv_f32_scalar, Isa::kScalar};
+}
+
+void spmm_conv_f32(const SpmmConvWeights& w, const float* x, float* y, int64_t n, int64_t hw) {
+  SpmmConvFn fn = select_spmm_conv(active_isa()).fn;
+  const int64_t nb = spmm_conv_blocks(w);
+  if (n <= 0 || hw <= 0 || nb <= 0) return;
+  const int64_t total = w.offsets[nb];
+  const int64_t work = std::max<int64_t>(1, total * w.block * hw * n);  // multiply-adds
+  // parallel_for starts its threads per call (tens of microseconds, more on a busy machine): a second
+  // thread pays off only past ~1M multiply-adds of its own (~30 us of AVX2 work).
+  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, work / (1 << 20)));
+  const int64_t xs = w.c_in * hw, ys = w.c_out * hw;
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(w, x + i * xs, y + i * ys, hw, 0, hw, 0, nb);
+    return;
+  }
+  if (n >= threads) {  // a batch: whole images per thread
+    parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(w, x + i * xs, y + i * ys, hw, 0, hw, 0, nb);
+    });
+    return;
+  }
+  if (hw >= 128 * threads) {
+    // Large maps: contiguous pixel ranges (multiples of 32, whole cache lines) per thread, every
+    // thread walks all the weights over its own x strip.
+    const int64_t span = ((hw + threads - 1) / threads + 31) / 32 * 32;
+    const int64_t parts = (hw + span - 1) / span;
+    parallel_for(n * parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t i = t / parts, m0 = (t % parts) * span;
+        fn(w, x + i * xs, y + i * ys, hw, m0, std::min(hw, m0 + span), 0, nb);
+      }
+    });
+    return;
+  }
+  // Balance output-channel chunks by nonzeros, not by count.
+  const int64_t chunks = threads;
+  std::vector<int64_t> cut(static_cast<size_t>(chunks + 1), nb);
+  cut[0] = 0;
+  for (int64_t c = 1; c < chunks; ++c) {
+    const int64_t target = total * c / chunks;
+    cut[c] = std::upper_bound(w.offsets, w.offsets + nb + 1, static_cast<int32_t>(target)) - w.offsets - 1;
+    cut[c] = std::max(cut[c], cut[c - 1]);
+  }
+  parallel_for(chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t i = 0; i < n; ++i) fn(w, x + i * xs, y + i * ys, hw, 0, hw, cut[c], cut[c + 1]);
+  });
+}
+
+}  // namespace sparseforge
