@@ -4,9 +4,13 @@
 # the suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
-    || echo "warning: could not install dataset-fashion-mnist; the tests that need it will skip" >&2
+# System packages: Fashion-MNIST (N:M training checks), XNNPACK (the sparse-conv anchor), and the aarch64
+# cross compiler + qemu (NEON kernels). Tests that need one skip with the reason when it is missing.
+APT_PKGS="dataset-fashion-mnist libxnnpack-dev libpthreadpool-dev g++-aarch64-linux-gnu qemu-user-static"
+missing=$(for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+    || echo "warning: could not install: $missing; the tests that need them will skip" >&2
 fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q ".[test,models]"
