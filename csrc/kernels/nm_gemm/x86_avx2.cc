@@ -223,7 +223,7 @@ void gemm_impl(const NmGemmArgs& a, const T* values, const float* xt, int64_t bt
   constexpr int64_t kL1 = 49152;
   const int64_t kb = std::max<int64_t>(unit, (kL1 / (btp * 4)) / unit * unit);
   const int64_t jb = kb / m * n;
-  constexpr int64_t kRowBlock = 128;  // rows whose partial sums (128 x Bt floats) stay in L2 across K blocks
+  constexpr int64_t kRowBlock = 512;  // rows whose partial sums (512 x Bt floats) stay in L2 across K blocks
   std::vector<float> yt(static_cast<size_t>(kRowBlock * btp));
   std::vector<int32_t> off(static_cast<size_t>(jb + 8));
   const GemmRowFn<T> row_fn = gemm_row_for<T>(nv);
