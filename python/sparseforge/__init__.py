@@ -17,9 +17,10 @@ from .info import info
 from .registry import Method, Paper, get_method, register
 from .report import sparsity_report
 from .serialization import load, save
+from . import formats, nn, ops  # noqa: E402  (public subpackages: sf.ops.nm_linear, sf.formats.NMSparse, ...)
 
 __all__ = [
     "__version__", "sparsify", "list_methods", "describe", "make_config", "method_of", "export", "history",
     "sparsity_report", "save", "load", "info", "Config", "ConfigError", "Method", "Paper", "get_method",
-    "register", "explain",
+    "register", "explain", "formats", "nn", "ops",
 ]
