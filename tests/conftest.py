@@ -56,3 +56,16 @@ def fashion_mlp(seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                          nn.Linear(256, 10))
+
+
+def small_mobilenet(seed, ch=16):
+    """MobileNet-style: 3x3 stride-2 stem, [dw 3x3 + pw 1x1] x 3, GAP, linear (cheap enough for CI)."""
+    torch.manual_seed(seed)
+
+    def block(cin, cout, stride):
+        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(nn.Conv2d(1, ch, 3, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(),
+                         *block(ch, 2 * ch, 1), *block(2 * ch, 4 * ch, 2), *block(4 * ch, 4 * ch, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * ch, 10))

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 
 import sparseforge as sf
+
+from conftest import small_mobilenet as _net
 from sparseforge.masking import get_mask
 from sparseforge.nn import SparseConv2d
 from sparseforge.training import TrainConfig, evaluate, train
@@ -28,19 +30,6 @@ def test_block_masks_are_block_valid_and_exact(block):
     blocks = m[:, :, 0, 0].reshape(32 // block, block, 24)
     assert torch.all(blocks.all(1) | ~blocks.any(1))  # each block all kept or all pruned
     assert abs(1 - m.float().mean().item() - 0.8) < 1.0 / (32 * 24 // block)
-
-
-def _net(seed, ch=16):
-    """MobileNet-style: 3x3 stride-2 stem, [dw 3x3 + pw 1x1] x 3, GAP, linear (cheap enough for CI)."""
-    torch.manual_seed(seed)
-
-    def block(cin, cout, stride):
-        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    return nn.Sequential(nn.Conv2d(1, ch, 3, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(),
-                         *block(ch, 2 * ch, 1), *block(2 * ch, 4 * ch, 2), *block(4 * ch, 4 * ch, 1),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * ch, 10))
 
 
 def test_only_pointwise_convs_are_pruned_and_export_is_exact():

@@ -9,19 +9,8 @@ import sparseforge as sf
 from sparseforge.masking import get_mask
 from sparseforge.nn import SparseConv2d
 from sparseforge.training import TrainConfig, evaluate, train
+from conftest import small_mobilenet as _net
 from sparseforge_methods.sparsebytenn import group_mask, rearrange_network, rearrangement, retained_importance
-
-
-def _net(seed, ch=16):
-    torch.manual_seed(seed)
-
-    def block(cin, cout, stride):
-        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    return nn.Sequential(nn.Conv2d(1, ch, 3, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(),
-                         *block(ch, 2 * ch, 1), *block(2 * ch, 4 * ch, 2), *block(4 * ch, 4 * ch, 1),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * ch, 10))
 
 
 def _randomize_bn(model):

@@ -116,14 +116,8 @@ def _permute_consumers(chain: list[nn.Module], start: int, perm: torch.Tensor) -
                     t.copy_(t[perm])
         elif isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels:  # depthwise
             _permute_out(m, perm)
-        elif isinstance(m, nn.Conv2d) and m.groups == 1:
-            w = _param(m, "weight")
-            w.copy_(w[:, perm])
-            if is_masked(m):
-                p = m.parametrizations.weight[0]
-                p.mask.copy_(p.mask[:, perm])
-            return True
-        elif isinstance(m, nn.Linear) and m.in_features == perm.numel():
+        elif (isinstance(m, nn.Conv2d) and m.groups == 1) or (isinstance(m, nn.Linear) and m.in_features == perm.numel()):
+            # the consumer: permute its input dimension so the output is unchanged
             w = _param(m, "weight")
             w.copy_(w[:, perm])
             if is_masked(m):

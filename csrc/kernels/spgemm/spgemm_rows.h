@@ -476,3 +476,29 @@ struct ScalarPolicy {
 
 }  // namespace
 }  // namespace sparseforge
+
+// Defines and instantiates one ISA's entry points from the row templates above; each ISA's .cc file
+// expands it once, so the same templates are compiled with that file's flags.
+#define SPARSEFORGE_SPGEMM_DEFINE(suffix, Policy)                                                             \
+  template <typename I>                                                                                        \
+  void spgemm_symbolic_##suffix(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop,      \
+                                int64_t r0, int64_t r1, I* counts) {                                           \
+    symbolic_rows<Policy, I>(a, b, flop, r0, r1, counts);                                                      \
+  }                                                                                                            \
+  template <typename V, typename I>                                                                            \
+  void spgemm_numeric_##suffix(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, \
+                               int64_t r1, const I* cp, I* cj, V* cx) {                                        \
+    numeric_rows<Policy, V, I>(a, b, flop, r0, r1, cp, cj, cx);                                                \
+  }                                                                                                            \
+  template void spgemm_symbolic_##suffix<int32_t>(const CsrRef<void, int32_t>&, const CsrRef<void, int32_t>&,  \
+                                                  const int64_t*, int64_t, int64_t, int32_t*);                 \
+  template void spgemm_symbolic_##suffix<int64_t>(const CsrRef<void, int64_t>&, const CsrRef<void, int64_t>&,  \
+                                                  const int64_t*, int64_t, int64_t, int64_t*);                 \
+  template void spgemm_numeric_##suffix<float, int32_t>(const CsrRef<float, int32_t>&,                         \
+      const CsrRef<float, int32_t>&, const int64_t*, int64_t, int64_t, const int32_t*, int32_t*, float*);      \
+  template void spgemm_numeric_##suffix<float, int64_t>(const CsrRef<float, int64_t>&,                         \
+      const CsrRef<float, int64_t>&, const int64_t*, int64_t, int64_t, const int64_t*, int64_t*, float*);      \
+  template void spgemm_numeric_##suffix<double, int32_t>(const CsrRef<double, int32_t>&,                       \
+      const CsrRef<double, int32_t>&, const int64_t*, int64_t, int64_t, const int32_t*, int32_t*, double*);    \
+  template void spgemm_numeric_##suffix<double, int64_t>(const CsrRef<double, int64_t>&,                       \
+      const CsrRef<double, int64_t>&, const int64_t*, int64_t, int64_t, const int64_t*, int64_t*, double*);

@@ -137,43 +137,12 @@ struct Avx2Policy {
         ++n;
       }
     }
-    for (; j < hi; ++j) {
-      if (flags[j]) {
-        flags[j] = 0;
-        oj[n] = static_cast<I>(j);
-        ox[n] = acc[j];
-        acc[j] = V(0);
-        ++n;
-      }
-    }
-    return n;
+    return n + ScalarPolicy::gather_flags(flags, j, hi, acc, oj + n, ox + n);  // the < 32-column tail
   }
 };
 }  // namespace
 
-template <typename I>
-void spgemm_symbolic_avx2(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop, int64_t r0,
-                          int64_t r1, I* counts) {
-  symbolic_rows<Avx2Policy, I>(a, b, flop, r0, r1, counts);
-}
-
-template <typename V, typename I>
-void spgemm_numeric_avx2(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0,
-                         int64_t r1, const I* cp, I* cj, V* cx) {
-  numeric_rows<Avx2Policy, V, I>(a, b, flop, r0, r1, cp, cj, cx);
-}
-
-template void spgemm_symbolic_avx2<int32_t>(const CsrRef<void, int32_t>&, const CsrRef<void, int32_t>&,
-                                            const int64_t*, int64_t, int64_t, int32_t*);
-template void spgemm_symbolic_avx2<int64_t>(const CsrRef<void, int64_t>&, const CsrRef<void, int64_t>&,
-                                            const int64_t*, int64_t, int64_t, int64_t*);
-#define SPGEMM_NUMERIC_INST(V, I)                                                                         \
-  template void spgemm_numeric_avx2<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*, int64_t, \
-                                          int64_t, const I*, I*, V*);
-SPGEMM_NUMERIC_INST(float, int32_t)
-SPGEMM_NUMERIC_INST(float, int64_t)
-SPGEMM_NUMERIC_INST(double, int32_t)
-SPGEMM_NUMERIC_INST(double, int64_t)
+SPARSEFORGE_SPGEMM_DEFINE(avx2, Avx2Policy)
 
 }  // namespace sparseforge
 #endif  // SPARSEFORGE_HAVE_AVX2
