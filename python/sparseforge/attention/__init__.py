@@ -6,9 +6,9 @@ attention modules and switches the model to the ``"sparseforge"`` attention impl
 """
 
 from .hf import (ATTN_IMPLEMENTATION, HANDLER_ATTR, OpAttention, SparseAttention, attention_layers,
-                 block_skip_summary, handlers, install, register_with_transformers, sparseforge_attention,
+                 block_skip_summary, capture_qkv, handlers, install, register_with_transformers, sparseforge_attention,
                  uninstall)
 
 __all__ = ["ATTN_IMPLEMENTATION", "HANDLER_ATTR", "OpAttention", "SparseAttention", "attention_layers",
-           "block_skip_summary", "handlers", "install", "register_with_transformers", "sparseforge_attention",
+           "block_skip_summary", "capture_qkv", "handlers", "install", "register_with_transformers", "sparseforge_attention",
            "uninstall"]

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["ATTN_IMPLEMENTATION", "HANDLER_ATTR", "SparseAttention", "sparseforge_attention", "attention_layers",
-           "install", "uninstall", "handlers", "register_with_transformers", "block_skip_summary", "OpAttention"]
+           "install", "uninstall", "handlers", "register_with_transformers", "block_skip_summary", "OpAttention", "capture_qkv"]
 
 ATTN_IMPLEMENTATION = "sparseforge"
 HANDLER_ATTR = "sparse_attention"
@@ -80,6 +80,13 @@ class SparseAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}"
+
+    def __setstate__(self, state):  # an unpickled model (sparseforge.load) needs the function registered
+        super().__setstate__(state)
+        try:
+            register_with_transformers()
+        except RuntimeError:  # pragma: no cover
+            pass
 
 
 class OpAttention(SparseAttention):
@@ -297,3 +304,35 @@ def block_skip_summary(model: nn.Module, phase: str = "prefill") -> dict:
         fb.update(h.fallbacks)
     return {"total": total, "skipped": skipped, "skip_fraction": skipped / total if total else 0.0,
             "fallbacks": dict(fb)}
+
+
+class _Capture(SparseAttention):
+    def __init__(self, layer_idx: int, store: dict):
+        super().__init__(layer_idx)
+        self.store = store
+
+    def attend(self, q, k, v, *, causal, scale, phase):
+        self.store[self.layer_idx] = {"q": q.detach().clone(), "k": k.detach().clone(), "v": v.detach().clone(),
+                                      "causal": causal, "scale": scale}
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=causal and q.shape[2] == k.shape[2], scale=scale, enable_gqa=True)
+
+
+@torch.no_grad()
+def capture_qkv(model: nn.Module, input_ids: torch.Tensor, layers: list[int] | None = None) -> dict:
+    """Runs ``model(input_ids=...)`` once with dense attention and returns, per layer index, the float32
+    inputs its attention function saw: ``{"q": [B, Hq, L, D], "k", "v": [B, Hkv, L, D], "causal", "scale"}``
+    (post-RoPE for Llama-family models). The model's own attention implementation is restored after."""
+    previous = model.config._attn_implementation
+    saved = {name: mod._modules.get(HANDLER_ATTR) for name, mod in attention_layers(model)}
+    store: dict = {}
+    try:
+        install(model, lambda idx, mod: _Capture(idx, store), layers=layers)
+        model(input_ids=input_ids)
+    finally:
+        for name, mod in attention_layers(model):
+            mod._modules.pop(HANDLER_ATTR, None)
+            if saved.get(name) is not None:
+                mod._modules[HANDLER_ATTR] = saved[name]
+        model.set_attn_implementation(previous)
+    return store
