@@ -91,9 +91,9 @@ def keep_from_mask(num: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`mask_from_keep`: bool ``[B, H, nqb, nkb]``."""
     nkb = idx.shape[-1]
     used = torch.arange(nkb) < num.unsqueeze(-1).long()
-    keep = torch.zeros(*idx.shape[:-1], nkb, dtype=torch.bool)
-    keep.scatter_(-1, torch.where(used, idx.long(), 0), used)
-    return keep
+    hits = torch.zeros(*idx.shape[:-1], nkb, dtype=torch.int32)
+    hits.scatter_add_(-1, idx.long().clamp(0, nkb - 1), used.to(torch.int32))
+    return hits > 0
 
 
 def topk_keep(scores: torch.Tensor, k: torch.Tensor | int, always: torch.Tensor | None = None) -> torch.Tensor:
