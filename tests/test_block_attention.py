@@ -2,7 +2,6 @@
 float64 reference (torch SDPA for dense, the pure-torch block reference for the skip modes)."""
 
 import math
-import os
 
 import numpy as np
 import pytest
