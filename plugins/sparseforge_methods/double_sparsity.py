@@ -151,6 +151,7 @@ class DoubleSparsityLayer(SparseAttention):
                 (phase == "prefill" and self.cfg.prefill == "dense"):
             out, st = block_attention(q, k, v, causal=causal, scale=scale)
             self.record(phase, st)
+            self.record_tokens(phase, q, k, causal, None)
             return out
         ch = self.channels()
         if phase == "prefill":
@@ -163,10 +164,7 @@ class DoubleSparsityLayer(SparseAttention):
             out = double_sparsity_decode(q, k, v, labels, ch.repeat_interleave(g, 0), self.k_sel(k.shape[2]),
                                          scale)
         self.record(phase)
-        lq, lk, ks = q.shape[2], k.shape[2], self.k_sel(k.shape[2])
-        seen = torch.arange(lk - lq + 1, lk + 1) if causal else torch.full((lq,), lk)  # keys each row may see
-        self.stats[f"{phase}_tokens_total"] += q.shape[0] * q.shape[1] * int(seen.sum())
-        self.stats[f"{phase}_tokens_kept"] += q.shape[0] * q.shape[1] * int(seen.clamp(max=ks).sum())
+        self.record_tokens(phase, q, k, causal, self.k_sel(k.shape[2]))
         return out
 
 

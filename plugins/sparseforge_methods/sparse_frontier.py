@@ -172,7 +172,10 @@ class SparseFrontierLayer(SparseAttention):
                       "block_mask": quest_pages(q, k, page_size=cfg.page_size, token_budget=cfg.token_budget)}
             elif cfg.prefill == "per_query" and causal and q.shape[2] == k.shape[2]:
                 self.record(phase)
-                return quest_per_query(q, k, v, scale=scale, page_size=cfg.page_size, token_budget=cfg.token_budget)
+                out = quest_per_query(q, k, v, scale=scale, page_size=cfg.page_size, token_budget=cfg.token_budget)
+                n_pages = max(1, cfg.token_budget // cfg.page_size)  # keys read per row: at most the pages' keys
+                self.record_tokens(phase, q, k, causal, n_pages * cfg.page_size)
+                return out
         elif phase == "prefill" and cfg.pattern == "block_sparse":
             keep = block_sparse_keep(q, k, causal=causal, scale=scale, block_size=cfg.block_size,
                                      top_chunks=cfg.top_chunks)

@@ -74,6 +74,15 @@ class SparseAttention(nn.Module):
             self.stats[f"{phase}_total"] += block_stats.total
             self.stats[f"{phase}_skipped"] += block_stats.skipped
 
+    def record_tokens(self, phase: str, q: torch.Tensor, k: torch.Tensor, causal: bool, kept: int | None) -> None:
+        """Adds the keys read by token-level methods to :attr:`stats` (``<phase>_tokens_total`` / ``_kept``):
+        each query row may see its causally visible keys and reads at most ``kept`` of them (None: all)."""
+        lq, lk = q.shape[2], k.shape[2]
+        seen = torch.arange(lk - lq + 1, lk + 1).clamp(min=0) if causal else torch.full((lq,), lk)
+        rows = q.shape[0] * q.shape[1]
+        self.stats[f"{phase}_tokens_total"] += rows * int(seen.sum())
+        self.stats[f"{phase}_tokens_kept"] += rows * int((seen if kept is None else seen.clamp(max=kept)).sum())
+
     def reset_stats(self) -> None:
         self.stats.clear()
         self.fallbacks.clear()
@@ -319,20 +328,22 @@ class _Capture(SparseAttention):
 
 
 @torch.no_grad()
-def capture_qkv(model: nn.Module, input_ids: torch.Tensor, layers: list[int] | None = None) -> dict:
+def capture_qkv(model: nn.Module, input_ids: torch.Tensor, layers: list[int] | None = None,
+                return_output: bool = False):
     """Runs ``model(input_ids=...)`` once with dense attention and returns, per layer index, the float32
     inputs its attention function saw: ``{"q": [B, Hq, L, D], "k", "v": [B, Hkv, L, D], "causal", "scale"}``
-    (post-RoPE for Llama-family models). The model's own attention implementation is restored after."""
+    (post-RoPE for Llama-family models); with ``return_output`` also the model's output, as
+    ``(store, output)``. The model's own attention implementation is restored after."""
     previous = model.config._attn_implementation
     saved = {name: mod._modules.get(HANDLER_ATTR) for name, mod in attention_layers(model)}
     store: dict = {}
     try:
         install(model, lambda idx, mod: _Capture(idx, store), layers=layers)
-        model(input_ids=input_ids)
+        output = model(input_ids=input_ids)
     finally:
         for name, mod in attention_layers(model):
             mod._modules.pop(HANDLER_ATTR, None)
             if saved.get(name) is not None:
                 mod._modules[HANDLER_ATTR] = saved[name]
         model.set_attn_implementation(previous)
-    return store
+    return (store, output) if return_output else store
