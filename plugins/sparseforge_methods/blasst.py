@@ -35,12 +35,48 @@ from sparseforge.attention import SparseAttention
 from sparseforge.config import Config, ConfigError, param
 from sparseforge.registry import Method, Paper
 
-__all__ = ["BlasstConfig", "Blasst", "BlasstLayer", "tile_gaps", "block_gaps", "skip_fraction", "fit_scale_factor"]
+__all__ = ["BlasstConfig", "Blasst", "BlasstLayer", "tile_gaps", "tile_gaps_phases", "block_gaps", "skip_fraction", "fit_scale_factor"]
 
 PHASES = ("prefill", "decode")
 
 
 @torch.no_grad()
+def tile_gaps_phases(q: torch.Tensor, k: torch.Tensor, *, causal: bool, scale: float, block_size: int = 64,
+                     phases=PHASES, dtype=torch.float64) -> dict:
+    """:func:`tile_gaps` of several phases from one score matrix: ``{phase: (gaps, visible)}``; ``dtype`` of
+    the scores (float32 halves time and memory, as the op's own fp32 decisions; float64 for tests)."""
+    for phase in phases:
+        if phase not in PHASES:
+            raise ValueError(f"tile_gaps: phase must be one of {PHASES}, got {phase!r}")
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    if lq != lk:
+        raise ValueError(f"tile_gaps: q and k must have the same length (self-attention), got {lq} and {lk}")
+    g, bs = hq // hkv, block_size
+    nkb, nqb = -(-lk // bs), -(-lq // bs)
+    pos = torch.arange(lq)
+    visible = (torch.arange(nkb)[None, :] * bs <= pos[:, None]) if causal else torch.ones(lq, nkb, dtype=torch.bool)
+    out: dict = {ph: [] for ph in phases}
+    hidden = torch.ones(lq, lk, dtype=torch.bool).triu(1) if causal else None
+    for bi in range(b):
+        s = torch.einsum("hqd,hkd->hqk", q[bi].to(dtype), k[bi].to(dtype).repeat_interleave(g, 0)) * scale
+        if hidden is not None:
+            s.masked_fill_(hidden, -math.inf)
+        if nkb * bs != lk:
+            s = nn.functional.pad(s, (0, nkb * bs - lk), value=-math.inf)
+        mt = s.reshape(hq, lq, nkb, bs).amax(-1)  # [Hq, L, nkb] block row maxima
+        del s
+        prev = torch.cat([torch.full_like(mt[..., :1], -math.inf), mt.cummax(-1).values[..., :-1]], -1)
+        gap = torch.where(prev == -math.inf, torch.full_like(mt, math.inf), mt - prev).double()
+        if "decode" in out:
+            out["decode"].append(gap.reshape(hkv, g, lq, nkb).amax(1))  # the GQA group votes together
+        if "prefill" in out:
+            gp = nn.functional.pad(gap, (0, 0, 0, nqb * bs - lq), value=-math.inf)  # padding rows abstain
+            out["prefill"].append(gp.reshape(hq, nqb, bs, nkb).amax(2))
+    vis_prefill = nn.functional.pad(visible, (0, 0, 0, nqb * bs - lq)).reshape(nqb, bs, nkb).any(1)
+    return {ph: (torch.stack(v), vis_prefill if ph == "prefill" else visible) for ph, v in out.items()}
+
+
 def tile_gaps(q: torch.Tensor, k: torch.Tensor, *, causal: bool, scale: float, block_size: int = 64,
               phase: str = "prefill") -> tuple[torch.Tensor, torch.Tensor]:
     """BLASST's skip statistic per (query tile, key block): the block is skipped at λ iff ``gap < ln λ``
@@ -58,33 +94,7 @@ def tile_gaps(q: torch.Tensor, k: torch.Tensor, *, causal: bool, scale: float, b
         and the bool mask of causally visible blocks ``[n_q_blocks or L, n_kv_blocks]``. Memory: one
         ``[Hq, L, L]`` float64 score matrix per batch row.
     """
-    if phase not in PHASES:
-        raise ValueError(f"tile_gaps: phase must be one of {PHASES}, got {phase!r}")
-    b, hq, lq, d = q.shape
-    hkv, lk = k.shape[1], k.shape[2]
-    if lq != lk:
-        raise ValueError(f"tile_gaps: q and k must have the same length (self-attention), got {lq} and {lk}")
-    g, bs = hq // hkv, block_size
-    nkb, nqb = -(-lk // bs), -(-lq // bs)
-    pos = torch.arange(lq)
-    visible = (torch.arange(nkb)[None, :] * bs <= pos[:, None]) if causal else torch.ones(lq, nkb, dtype=torch.bool)
-    out = []
-    for bi in range(b):
-        s = torch.einsum("hqd,hkd->hqk", q[bi].double(), k[bi].double().repeat_interleave(g, 0)) * scale
-        if causal:
-            s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool).triu(1), -math.inf)
-        s = nn.functional.pad(s, (0, nkb * bs - lk), value=-math.inf)
-        mt = s.reshape(hq, lq, nkb, bs).amax(-1)  # [Hq, L, nkb] block row maxima
-        prev = torch.cat([torch.full_like(mt[..., :1], -math.inf), mt.cummax(-1).values[..., :-1]], -1)
-        gap = torch.where(prev == -math.inf, torch.full_like(mt, math.inf), mt - prev)
-        if phase == "decode":
-            out.append(gap.reshape(hkv, g, lq, nkb).amax(1))  # the GQA group votes together
-        else:
-            gp = nn.functional.pad(gap, (0, 0, 0, nqb * bs - lq), value=-math.inf)  # padding rows abstain
-            out.append(gp.reshape(hq, nqb, bs, nkb).amax(2))
-    if phase == "prefill":
-        visible = nn.functional.pad(visible, (0, 0, 0, nqb * bs - lq)).reshape(nqb, bs, nkb).any(1)
-    return torch.stack(out), visible
+    return tile_gaps_phases(q, k, causal=causal, scale=scale, block_size=block_size, phases=(phase,))[phase]
 
 
 def block_gaps(q: torch.Tensor, k: torch.Tensor, *, causal: bool, scale: float, block_size: int = 64,
@@ -167,9 +177,10 @@ class BlasstLayer(SparseAttention):
 
         if self.collect is not None:
             if q.shape[2] == k.shape[2]:
-                for ph in PHASES:
-                    self.collect[ph].append(block_gaps(q, k, causal=causal, scale=scale,
-                                                       block_size=self.cfg.block_size, phase=ph))
+                res = tile_gaps_phases(q, k, causal=causal, scale=scale, block_size=self.cfg.block_size,
+                                       dtype=torch.float32)
+                for ph, (gaps, visible) in res.items():
+                    self.collect[ph].append(gaps[:, :, visible].reshape(-1))
             out, st = block_attention(q, k, v, causal=causal, scale=scale, block_size=self.cfg.block_size)
             return out
         if self.cfg.phases not in ("both", phase):
