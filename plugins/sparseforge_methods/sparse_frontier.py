@@ -97,8 +97,8 @@ def _page_scores(q, k, page_size: int):
     kp = torch.nn.functional.pad(k, (0, 0, 0, npg * page_size - lk), value=math.nan).reshape(b, hkv, npg, page_size, d)
     kmin = torch.nan_to_num(kp, nan=math.inf).amin(3).repeat_interleave(g, 1)
     kmax = torch.nan_to_num(kp, nan=-math.inf).amax(3).repeat_interleave(g, 1)
-    qe = q[..., None, :]  # [B, Hq, Lq, 1, D]
-    return torch.maximum(qe * kmin[:, :, None], qe * kmax[:, :, None]).sum(-1)
+    # Σ_d max(q_d·min_d, q_d·max_d) = q⁺·max + q⁻·min (min <= max): two matmuls, no [.., pages, D] tensor.
+    return q.clamp(min=0) @ kmax.transpose(-1, -2) + q.clamp(max=0) @ kmin.transpose(-1, -2)
 
 
 @torch.no_grad()
