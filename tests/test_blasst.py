@@ -112,8 +112,10 @@ def test_sparsify_calibrate_save_load(tmp_path):
         h.reset_stats()
     with torch.no_grad():
         out = model(ids[:1]).logits
+        model.generate(ids[:1, :150], max_new_tokens=3, do_sample=False)  # decode: λ = decode scale / L_kv
     summary = block_skip_summary(model)
     assert summary["skipped"] > 0 and not summary["fallbacks"]
+    assert handlers(model)[0].stats["decode_calls"] == 2 and block_skip_summary(model, "decode")["total"] > 0
     assert (out - ref).abs().max() < 0.5
     sf.save(model, tmp_path / "m.sf")
     sf.save(model, tmp_path / "w.sf", include_module=False)  # tensors only: load re-applies blasst

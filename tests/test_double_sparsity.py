@@ -68,8 +68,11 @@ def test_outlier_channels_beat_random_on_real_attention(smollm2_qkv):
         for kind, ch in chans.items():
             out = label_topk_attention(q, k, v, ch, length // 8, causal=True, scale=sc)[:, :, length // 2:]
             err[kind] += float((out.double() - dense).norm() / dense.norm()) / 3
+        out = label_topk_attention(q, k, v, chans["qk"], length // 8, causal=True, scale=sc, label_bits=4)
+        err["qk4"] = err.get("qk4", 0.0) + float((out[:, :, length // 2:].double() - dense).norm() / dense.norm()) / 3
     assert all(err[kind] < 0.8 * err["random"] for kind in KINDS), err
     assert err["qk"] < err["q"], err
+    assert err["qk4"] < 1.1 * err["qk"], err  # 4-bit labels ≈ full-precision labels
 
 
 def test_sparsify_calibrate_generate_save_load(tmp_path):
