@@ -173,7 +173,7 @@ class DoubleSparsity(Method):
     paper = Paper("Post-Training Sparse Attention with Double Sparsity", 2024, "2408.07092",
                   "https://github.com/andy-yang-1/DoubleSparse")
     kind = "attention"
-    kernel = "none"
+    kernel = "block_attention"  # sparseforge.ops.double_sparsity_decode lives in csrc/kernels/block_attention
     Config = DoubleSparsityConfig
     summary = ("Decode attention over the top-k tokens found with a label cache of a few offline-calibrated "
                "outlier channels (q, k or q⊙k statistics); layers 0-1 and prefill dense.")
