@@ -114,5 +114,6 @@ def test_training_gives_sparse_gates_and_less_sink():
         sink = float(torch.stack([a[:, :, 8:, 0].mean() for a in out.attentions]).mean())
         gate = float(torch.cat([g.flatten() for g in gate_scores(model)]).mean()) if arm else None
         res[arm] = (float(out.loss), sink, gate)
+    print("(val loss, token-0 attention mass, mean gate score):", res)
     assert res["elementwise"][2] < 0.5, res
     assert res["elementwise"][1] < res[None][1], res
