@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # System packages: Fashion-MNIST (N:M training checks), XNNPACK (the sparse-conv anchor), and the aarch64
-# cross compiler + qemu (NEON kernels). Tests that need one skip with the reason when it is missing.
-APT_PKGS="dataset-fashion-mnist libxnnpack-dev libpthreadpool-dev g++-aarch64-linux-gnu qemu-user-static"
+# cross compiler + qemu (NEON kernels), Chromium (headless render of the bench HTML report; ~20 s to
+# install). Tests that need one skip with the reason when it is missing.
+APT_PKGS="dataset-fashion-mnist libxnnpack-dev libpthreadpool-dev g++-aarch64-linux-gnu qemu-user-static chromium"
 missing=$(for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
