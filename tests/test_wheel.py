@@ -47,7 +47,7 @@ def _bare_env(tmp_path: Path, deps: bool, wheel: Path) -> tuple[Path, dict]:
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(env_dir / "bin" / "python")
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "CC": "/nonexistent", "CXX": "/nonexistent",
-           "OMP_NUM_THREADS": "2"}
+           "OMP_NUM_THREADS": "2", **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}  # the index
     for c in COMPILERS:
         assert shutil.which(c, path=env["PATH"]) is None, f"{c} is reachable on the scrubbed PATH"
     # --only-binary: pip may not fall back to building anything from source.

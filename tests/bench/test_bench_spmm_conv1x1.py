@@ -1,7 +1,8 @@
 """pytest-benchmark for the sparse 1x1 conv (CHW SpMM) against torch's dense conv2d, MobileNet-like shape.
 
 Runs once as a plain test under ``--benchmark-disable``; ``pytest tests/bench --benchmark-enable`` times it.
-The XNNPACK head-to-head and the speed targets live in benchmarks/bench_spmm_conv.py, not here."""
+The XNNPACK head-to-head and the speed targets live in benchmarks/bench_spmm_conv.py, not here.
+(Not named test_bench_spmm_conv.py: tests/ has that test of the harness, and pytest needs unique basenames.)"""
 
 import numpy as np
 import pytest
