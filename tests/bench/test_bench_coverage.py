@@ -1,4 +1,4 @@
-"""Every compiled kernel has a pytest-benchmark here: a new op in ``_C.ops()`` (block_attention is next)
+"""Every compiled kernel has a pytest-benchmark here: a new op in ``_C.ops()``
 fails this until tests/bench/test_bench_<op>*.py exists (basenames must be unique across tests/)."""
 
 from pathlib import Path
