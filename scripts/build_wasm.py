@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", help="zig's cache directory (default: zig's global cache, ~/.cache/zig)")
     ap.add_argument("--soft", action="store_true",
                     help="on a missing toolchain or a failed build print why and exit 0 (CMake's optional step)")
+    ap.add_argument("--list-inputs", action="store_true", help="print the files the module depends on (for CMake)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.list_inputs:
+        print(";".join(p.as_posix() for p in inputs()))
+        return 0
     try:
         import ziglang  # noqa: F401
     except ImportError:
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dt = build(args.out, args.cache_dir, args.verbose)
     except (RuntimeError, OSError) as exc:
+        args.out.unlink(missing_ok=True)  # no stale module that no longer matches the sources
         print(f"build_wasm: {exc}", file=sys.stderr)
         return 0 if args.soft else 1
     print(f"build_wasm: {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {dt:.1f} s")
