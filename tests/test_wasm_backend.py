@@ -239,3 +239,13 @@ def test_sparse_conv_layer_runs_in_wasm():
     to_wasm(model)
     assert isinstance(model[0], WasmSparseConv2d)
     torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-6)  # native may use FMA, wasm cannot
+
+
+def test_a_trap_is_an_exception_and_the_instance_survives():
+    import wasmtime
+
+    kern = wasm.kernels()
+    with pytest.raises((wasmtime.Trap, wasmtime.WasmtimeError)):
+        kern._call("sf_group_nnz", -16, 4, 1 << 20, 4, 0)  # reads past the end of linear memory
+    w = np.ones((2, 8), np.float32)
+    np.testing.assert_array_equal(kern.group_nnz(w, 4), np.full((2, 2), 4, np.int32))
