@@ -2,12 +2,15 @@
 // chosen there when the module's ISA is "wasm". Two paths, as on x86:
 //  * GEMV (batch 1) at 2:4: one metadata byte holds the in-group indices of 4 kept values (2 groups = 8
 //    inputs = two v128 of x). A 256-entry table turns the byte into two i8x16.swizzle masks that pick the 4
-//    activations, so one multiply covers 4 kept values; SIMD128 has no gather. Lane-wise partial sums:
+//    activations, so one multiply covers 4 kept values; SIMD128 has no gather. (A per-call table of all 16
+//    selections per group of x, fetched with 64-bit loads, was as fast at K=1024 and 2x slower at K=4096:
+//    32 bytes per input fall out of L1/L2.) Lane-wise partial sums:
 //    results differ from the reference in the last bits (summation order).
 //  * GEMM (any batch, any n:m): X transposed into tiles of [K, 16] batch rows, so a decoded column feeds
 //    16 rows of the batch with one splat. Each lane sums its batch row in the reference's order, and
 //    SIMD128 has no FMA to contract into, so this path matches the scalar reference bit for bit.
-//    Two weight rows run together: 8 independent accumulator chains hide the add latency.
+//    Two weight rows run together: 8 independent accumulator chains hide the add latency. (Blocking K so
+//    the tile's active rows stay in L1, as x86 does, gained nothing measurable under wasmtime.)
 #include <wasm_simd128.h>
 
 #include <algorithm>
@@ -118,6 +121,7 @@ inline void tile_pair(const T* v0, const T* v1, const int32_t* c0, const int32_t
   v128_t acc0[NV], acc1[NV];
   for (int i = 0; i < NV; ++i) acc0[i] = acc1[i] = wasm_f32x4_splat(0.0f);
   for (int64_t j = 0; j < nnz; ++j) {
+    // f32x4.splat of a scalar: v128.load32_splat was 1.5x slower here under wasmtime.
     const v128_t w0 = wasm_f32x4_splat(to_f32(v0[j])), w1 = wasm_f32x4_splat(to_f32(v1[j]));
     const float* x0 = xt + static_cast<int64_t>(c0[j]) * (4 * NV);
     const float* x1 = xt + static_cast<int64_t>(c1[j]) * (4 * NV);
