@@ -196,7 +196,8 @@ def test_listing_and_kernel_names():
     from sparseforge.backends import get_backend, list_backends
 
     info = list_backends()["wasm"]
-    assert info.available and set(info.ops) == set(wasm.OPS)
+    assert info.available and set(info.ops) == set(wasm.kernels().ops)  # the export section, read without compiling
+    assert {"group_nnz", "nm_gemm", "spgemm", "spmm_conv"} <= set(info.ops)
     assert get_backend("wasm").name == "wasm"
     assert wasm.kernels("wasm").kernel_for("nm_gemm") == "nm_gemm_f32__wasm"
     assert wasm.kernels("scalar").kernel_for("spmm_conv") == "spmm_conv_f32__scalar"
@@ -249,3 +250,48 @@ def test_a_trap_is_an_exception_and_the_instance_survives():
         kern._call("sf_group_nnz", -16, 4, 1 << 20, 4, 0)  # reads past the end of linear memory
     w = np.ones((2, 8), np.float32)
     np.testing.assert_array_equal(kern.group_nnz(w, 4), np.full((2, 2), 4, np.int32))
+
+
+# ---- block_attention (exported when the module is built with csrc/kernels/block_attention/) ---------
+
+def _attention_ready(k):
+    if "block_attention" not in k.ops or not hasattr(_C, "block_attention"):
+        pytest.skip("block_attention is not built into this module and _C (its kernel lives on branch attn-kernel)")
+
+
+@pytest.mark.parametrize("mode", [0, 1, 3])
+@pytest.mark.parametrize("B,Hq,Hkv,Lq,Lk,D,causal", [(1, 2, 1, 7, 13, 8, True), (2, 4, 2, 33, 70, 16, False)])
+def test_block_attention(k, native_scalar, mode, B, Hq, Hkv, Lq, Lk, D, causal):
+    _attention_ready(k)
+    rng = np.random.default_rng(Lq * 10 + mode)
+    q, kk, v = (rng.standard_normal(s).astype(np.float32) for s in ((B, Hq, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
+    bq, bk = 8, 16
+    order = None
+    if mode == 3:
+        nq, nkv = -(-Lq // bq), -(-Lk // bk)
+        order = np.ascontiguousarray(np.argsort(rng.random((1, 1, nq, nkv)), axis=-1).astype(np.int32))
+    args = (mode, causal, D ** -0.5, 0.01, bq, bk, None, None, order)
+    ref, st_ref = np.empty_like(q), np.zeros(4, np.int64)
+    native_scalar.block_attention(q, kk, v, ref, st_ref, *args)
+    out, st = np.full_like(q, np.nan), np.zeros(4, np.int64)
+    k.block_attention(q, kk, v, out, st, *args)
+    np.testing.assert_array_equal(st, st_ref)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gathered_and_double_sparsity_decode(k, native_scalar):
+    _attention_ready(k)
+    rng = np.random.default_rng(5)
+    B, Hq, Hkv, Lk, D, r = 2, 4, 2, 50, 16, 4
+    q, kk, v = (rng.standard_normal(s).astype(np.float32) for s in ((B, Hq, 1, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
+    idx = rng.integers(0, Lk, (B, Hkv, 9)).astype(np.int32)
+    ref, out = np.empty_like(q), np.full_like(q, np.nan)
+    native_scalar.gathered_decode_attention(q, kk, v, idx, ref, 0.25)
+    k.gathered_decode_attention(q, kk, v, idx, out, 0.25)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    ch = np.ascontiguousarray(rng.permutation(D)[: Hq * r].reshape(Hq, r) % D).astype(np.int32)
+    label = np.ascontiguousarray(np.take_along_axis(kk, np.zeros((1, 1, 1, r), np.int64) + np.arange(r), axis=3))
+    native_scalar.double_sparsity_decode(q, kk, v, label, ch, 12, ref, 0.25)
+    out[...] = np.nan
+    k.double_sparsity_decode(q, kk, v, label, ch, 12, out, 0.25)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)

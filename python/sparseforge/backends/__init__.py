@@ -36,7 +36,7 @@ def list_backends() -> dict[str, BackendInfo]:
         "cpu": BackendInfo("cpu", True, f"compiled kernels, ISA {_C.isa()}", tuple(_C.ops())),
         "wasm": BackendInfo("wasm", why_not_wasm is None,
                             why_not_wasm or f"WebAssembly kernels via wasmtime, 1 thread ({wasm.module_path()})",
-                            () if why_not_wasm else wasm.OPS),
+                            () if why_not_wasm else wasm.built_ops()),
     }
     try:
         import torch

@@ -17,6 +17,7 @@ picks it per instance. ``SPARSEFORGE_WASM_MODULE`` points at another module file
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import importlib.util
 import math
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["module_path", "unavailable_reason", "kernels", "WasmKernels", "WasmError", "ISAS", "OPS"]
+from .wasm_attention import AttentionOps
+
+__all__ = ["module_path", "unavailable_reason", "built_ops", "kernels", "WasmKernels", "WasmError", "ISAS", "OPS"]
 
 ISAS = ("scalar", "wasm")
 _ISA_CODES = {0: "scalar", 3: "wasm"}  # sparseforge::Isa values
-OPS = ("group_nnz", "nm_gemm", "spgemm", "spmm_conv")  # ops with a Python wrapper below
+# Ops with a Python wrapper (block_attention's in wasm_attention.py); a module lists those it exports.
+OPS = ("group_nnz", "nm_gemm", "spgemm", "spmm_conv", "block_attention")
 
 
 class WasmError(ValueError):
@@ -57,6 +61,43 @@ def unavailable_reason() -> str | None:
         return ("no WebAssembly module is built in this install (python scripts/build_wasm.py, or install with "
                 "ziglang present so the CMake step builds it)")
     return None
+
+
+def _leb128(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _export_names(data: bytes) -> set:
+    """Names in a wasm binary's export section (id 7): sections are (id, LEB128 size, payload)."""
+    i = 8  # magic + version
+    while i < len(data):
+        sid = data[i]
+        size, i = _leb128(data, i + 1)
+        if sid == 7:
+            names, (count, i) = set(), _leb128(data, i)
+            for _ in range(count):
+                n, i = _leb128(data, i)
+                names.add(data[i:i + n].decode())
+                _, i = _leb128(data, i + n + 1)  # skip the kind byte and the index
+            return names
+        i += size
+    return set()
+
+
+def built_ops() -> tuple:
+    """The ops the module file exports (``sf_<op>``), read from its export section: compiles nothing."""
+    path = module_path()
+    if path is None:
+        return ()
+    names = _export_names(path.read_bytes())
+    return tuple(op for op in OPS if f"sf_{op}" in names)
 
 
 # ---- argument checks (the messages of csrc/bindings/validate.h) ----------------------------------------
@@ -143,7 +184,7 @@ class _RawCall:
         return buf[0].i32
 
 
-class WasmKernels:
+class WasmKernels(AttentionOps):
     """One wasmtime instance of the module with its kernels' ISA fixed (``"wasm"`` or ``"scalar"``).
 
     Not thread-safe on its own; :func:`kernels` hands out one per ISA and serialises calls with a lock.
@@ -199,8 +240,9 @@ class WasmKernels:
         return tuple(op for op in OPS if f"sf_{op}" in self._fns)
 
     def kernel_for(self, op: str) -> str:
-        """Kernel name after DESIGN.md's convention: spgemm has no SIMD128 variant (it is hash/scatter bound)."""
-        isa = "scalar" if op == "spgemm" else self.isa
+        """Kernel name after DESIGN.md's convention. spgemm (hash/scatter bound) and block_attention (not yet)
+        have no SIMD128 variant: they run their scalar references in both of the module's ISAs."""
+        isa = "scalar" if op in ("spgemm", "block_attention") else self.isa
         return f"{op}_f32__{isa}"
 
     def _call(self, name: str, *args):
@@ -471,6 +513,18 @@ class SpmmConvPlan:
 
 _INSTANCES: dict[str, WasmKernels] = {}
 _INSTANCES_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_stores() -> None:
+    """Frees the instances while wasmtime's bindings still exist: at interpreter teardown its finalizers
+    would otherwise call into a half-unloaded module and print 'Exception ignored' noise."""
+    for inst in list(_INSTANCES.values()):
+        try:
+            inst._store.close()
+        except Exception:
+            pass
+    _INSTANCES.clear()
 
 
 def kernels(isa: str | None = None) -> WasmKernels:
