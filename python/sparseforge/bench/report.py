@@ -14,6 +14,10 @@ def table(result: dict) -> str:
     head = ["method", "kind", "sparsity", "dense acc", "sparse acc", "delta"]
     for b in result["backends"]:
         head += [f"{b} x b={n}" for n in result["batches"]]
+    # wasm beside cpu: the exported model's time on wasm over its time on cpu (> 1: wasm is slower).
+    both = "wasm" in result["backends"] and "cpu" in result["backends"]
+    if both:
+        head += [f"wasm/cpu time b={n}" for n in result["batches"]]
     rows = []
     for r in result["rows"]:
         q = r["quality"]
@@ -23,10 +27,20 @@ def table(result: dict) -> str:
             for n in result["batches"]:
                 s = r["speed"].get(b, {}).get(str(n))
                 line.append(f"{s['speedup']:.2f}x" if s else "-")
+        if both:
+            for n in result["batches"]:
+                c, w = r["speed"].get("cpu", {}).get(str(n)), r["speed"].get("wasm", {}).get(str(n))
+                line.append(f"{w['sparse_ms'] / c['sparse_ms']:.2f}" if c and w else "-")
         rows.append(line)
     out = format_table(head, rows, align="ll" + "r" * (len(head) - 2))
     out += (f"\n\nquality: {result['quality_workload']}; speed: {result['speed_workload']}, speedup = dense ms / "
             f"sparse ms (median, interleaved), {result['threads']} threads")
+    if "wasm" in result["backends"]:
+        out += ("\nwasm: the exported sparse layers run in the WebAssembly module (wasmtime, 1 thread), the rest of "
+                "the model in torch; wasm/cpu time = wasm ms / cpu ms of the same exported model")
+    for r in result["rows"]:
+        for b, why in r.get("speed_skipped_backends", {}).items():
+            out += f"\nnot measured on {b}: {r['method']}: {why}"
     for name, why in result["errors"].items():
         out += f"\nnot measured: {name}: {why}"
     return out
