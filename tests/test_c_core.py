@@ -1,5 +1,11 @@
 """The compiled core: ISA detection and forcing, and group_nnz against its scalar reference."""
 
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
 import numpy as np
 import pytest
 
@@ -104,3 +110,66 @@ def test_kernel_for_unknown_op():
 def test_set_num_threads_rejects_negative():
     with pytest.raises(ValueError, match="argument 'n'"):
         _C.set_num_threads(-1)
+
+
+@pytest.mark.parametrize("backend", ["pool", "openmp"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threading_backends_agree(monkeypatch, backend, threads):
+    # torch is imported by the suite, so its libgomp is loaded and "openmp" has a team to run on.
+    monkeypatch.setenv("SPARSEFORGE_THREADING", backend)
+    assert _C.threading_backend() == backend
+    rng = np.random.default_rng(threads)
+    w = rng.standard_normal((4099, 64)).astype(np.float32)
+    w[rng.random(w.shape) < 0.6] = 0
+    try:
+        _C.set_num_threads(threads)
+        np.testing.assert_array_equal(_C.group_nnz(w, 4), reference_group_nnz(w, 4))
+    finally:
+        _C.set_num_threads(0)
+
+
+def test_threading_backend_rejects_unknown(monkeypatch):
+    monkeypatch.setenv("SPARSEFORGE_THREADING", "tbb")
+    with pytest.raises(ValueError, match="SPARSEFORGE_THREADING must be auto, pool or openmp, got 'tbb'"):
+        _C.threading_backend()
+
+
+def test_threading_finds_torch_openmp_only_once_loaded():
+    # _C alone (no torch) has no OpenMP runtime to share and uses its pool; after `import torch` the
+    # same process switches to torch's team. Loaded straight from its file so that sparseforge's
+    # __init__ (which imports torch) does not run first.
+    code = textwrap.dedent(f"""
+        import importlib.machinery, importlib.util, sys
+        spec = importlib.util.spec_from_file_location("sparseforge._C", {_C.__file__!r})
+        C = importlib.util.module_from_spec(spec); spec.loader.exec_module(C)
+        print(C.threading_backend(), C.openmp_runtime() == "")
+        import torch
+        print(C.threading_backend(), "omp" in C.openmp_runtime())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["pool", "True", "openmp", "True"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_runs_threaded_kernels(monkeypatch):
+    # libgomp keeps its team across fork() without the threads; the child must use the pool (no hang).
+    monkeypatch.delenv("SPARSEFORGE_THREADING", raising=False)
+    w = np.random.default_rng(1).standard_normal((4096, 64)).astype(np.float32)
+    _C.set_num_threads(2)
+    try:
+        _C.group_nnz(w, 4)  # the parent's team exists now
+        pid = os.fork()
+        if pid == 0:  # child: exit code says whether the result was right
+            ok = np.array_equal(_C.group_nnz(w, 4), reference_group_nnz(w, 4))
+            os._exit(0 if ok else 1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0
+                return
+            time.sleep(0.05)
+        os.kill(pid, 9)
+        pytest.fail("a forked child hung in a threaded kernel")
+    finally:
+        _C.set_num_threads(0)

@@ -55,6 +55,9 @@ PYBIND11_MODULE(_C, mod) {
   });
   mod.def("kernel_for", &kernel_for, py::arg("op"), "Name of the kernel `op` dispatches to now, e.g. group_nnz_f32__avx2.");
   mod.def("num_threads", &num_threads);
+  mod.def("threading_backend", &threading_backend,
+          "Where parallel kernels run their threads: 'openmp' (the process's OpenMP team, e.g. torch's) or 'pool'.");
+  mod.def("openmp_runtime", &openmp_host_name, "Path of the loaded OpenMP runtime kernels share, '' if none.");
   mod.def("set_num_threads", [](int n) {
     if (n < 0) throw py::value_error("set_num_threads(): argument 'n' must be >= 0 (0 restores the default), got " + std::to_string(n));
     set_num_threads(n);

@@ -1,5 +1,7 @@
 #include "sparseforge/threading.h"
 
+#include "openmp_host.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,6 +49,31 @@ inline void cpu_relax() {
 
 thread_local bool t_in_worker = false;  // a pool worker, or a caller while its job runs: nested calls run inline
 
+// Claims and runs one chunk of j; false when none is left. *last is set when this chunk finished the job.
+bool run_chunk(Job& j, bool* last) {
+  const int64_t c = j.next.fetch_add(1);
+  if (c >= j.chunks) return false;
+  const int64_t b = c * j.step, e = std::min(j.n, b + j.step);
+  try {
+    if (b < e) (*j.fn)(b, e);
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(j.err_mu);
+    if (!j.err) j.err = std::current_exception();
+  }
+  *last = j.done.fetch_add(1) + 1 == j.chunks;
+  return true;
+}
+
+// Body of an OpenMP team member: GOMP_parallel's closing barrier is the join, so no notification.
+void openmp_member(void* data) {
+  const bool outer = t_in_worker;
+  t_in_worker = true;  // a parallel_for inside a chunk runs inline on this member
+  bool last = false;
+  while (run_chunk(*static_cast<Job*>(data), &last)) {
+  }
+  t_in_worker = outer;
+}
+
 // Persistent workers: a kernel call costs a wake-up (a few µs), not a thread start (~20-50 µs each).
 // One job runs at a time; a concurrent caller that finds the pool busy spawns its own threads, and a
 // parallel_for called from inside a worker runs inline, so nothing can deadlock.
@@ -78,17 +105,9 @@ class Pool {
   std::atomic<uint64_t> gen_atomic_{0};  // gen_, readable without the lock for the short spin below
 
   void work(Job& j) {
-    for (;;) {
-      const int64_t c = j.next.fetch_add(1);
-      if (c >= j.chunks) return;
-      const int64_t b = c * j.step, e = std::min(j.n, b + j.step);
-      try {
-        if (b < e) (*j.fn)(b, e);
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(j.err_mu);
-        if (!j.err) j.err = std::current_exception();
-      }
-      if (j.done.fetch_add(1) + 1 == j.chunks) {
+    bool last = false;
+    while (run_chunk(j, &last)) {
+      if (last) {
         std::lock_guard<std::mutex> lk(mu_);
         cv_done_.notify_all();
       }
@@ -164,26 +183,27 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     return;
   }
   const int64_t threads = chunks;
-  Pool& p = pool();
-  std::unique_lock<std::mutex> busy(p.run_mu, std::try_to_lock);
-  if (!busy.owns_lock()) {  // another caller is using the pool right now
-    const int64_t step = (n + chunks - 1) / chunks;
-    spawn_threads(n, (n + step - 1) / step, step, fn);
-    return;
-  }
   // Up to 4 chunks per thread, claimed dynamically: on a shared machine a preempted thread's share is
   // picked up by the others instead of holding up the whole call. At most `threads` run at once.
-  chunks = std::min<int64_t>(threads * 4, (n + grain - 1) / grain);
-  const int64_t step = (n + chunks - 1) / chunks;
-  chunks = (n + step - 1) / step;
+  const int64_t max_chunks = std::min<int64_t>(threads * 4, (n + grain - 1) / grain);
+  const int64_t step = (n + max_chunks - 1) / max_chunks;
   auto job = std::make_shared<Job>();
   job->fn = &fn;
   job->n = n;
   job->step = step;
-  job->chunks = chunks;
-  t_in_worker = true;  // a parallel_for inside fn on this thread must not try_lock run_mu again
-  p.run(job, static_cast<int>(threads));
-  t_in_worker = false;
+  job->chunks = (n + step - 1) / step;
+  if (!openmp_host_run(openmp_member, job.get(), static_cast<int>(threads))) {
+    Pool& p = pool();
+    std::unique_lock<std::mutex> busy(p.run_mu, std::try_to_lock);
+    if (!busy.owns_lock()) {  // another caller is using the pool right now
+      const int64_t s = (n + threads - 1) / threads;
+      spawn_threads(n, (n + s - 1) / s, s, fn);
+      return;
+    }
+    t_in_worker = true;  // a parallel_for inside fn on this thread must not try_lock run_mu again
+    p.run(job, static_cast<int>(threads));
+    t_in_worker = false;
+  }
   if (job->err) std::rethrow_exception(job->err);
 }
 

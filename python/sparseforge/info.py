@@ -23,6 +23,7 @@ def info() -> dict:
         "cpu_features": _C.cpu_features(),
         "kernels": {op: _C.kernel_for(op) for op in _C.ops()},
         "num_threads": _C.num_threads(),
+        "threading": _C.threading_backend(),
         "build": _C.build_info(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -1,9 +1,9 @@
 // Picks the ISA, splits the work tiles over the thread pool, owns the per-thread workspaces and the top-k
 // (std containers and algorithms stay out of the ISA files; see tile_driver.h).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
-#include <mutex>
 #include <vector>
 
 #include "block_attention.h"
@@ -90,17 +90,20 @@ BlockAttnStats block_attention_f32(const BlockAttnArgs& a) {
   const bool grouped = block_attention_grouped(a);
   const int64_t rows = grouped ? a.Hq / a.Hkv : std::min<int64_t>(a.block_q, a.Lq);
   const int64_t tiles = block_attention_tiles(a);
-  BlockAttnStats total;
-  std::mutex mu;
+  // Atomics, not a mutex: the single-threaded wasm libc++ has no std::mutex.
+  std::atomic<int64_t> total_n{0}, computed{0}, scored_only{0};
   parallel_for(tiles, grain_for(rows * a.Lk * a.D), [&](int64_t t0, int64_t t1) {
     WorkspaceBuf buf(rows, a.block_k, a.D, 0, 0, 0);
     BlockAttnStats st;
     fn(a, t0, t1, buf.w, &st);
-    std::lock_guard<std::mutex> lk(mu);
-    total.total += st.total;
-    total.computed += st.computed;
-    total.scored_only += st.scored_only;
+    total_n += st.total;
+    computed += st.computed;
+    scored_only += st.scored_only;
   });
+  BlockAttnStats total;
+  total.total = total_n.load();
+  total.computed = computed.load();
+  total.scored_only = scored_only.load();
   return total;
 }
 
