@@ -63,7 +63,7 @@ class MethodQuality:
         for method in METHODS:
             try:
                 results[method] = run_job(JobSpec(method, epochs=4, progress=False), baseline)[1]
-            except ValueError as exc:  # the method has nothing to act on in this workload
+            except (ValueError, NotImplementedError) as exc:  # nothing to act on, or no job of its kind
                 results[method] = str(exc)
         return results
 
