@@ -70,11 +70,11 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
                           std::to_string(a.cols) + ") and b_shape=(" + std::to_string(b.rows) + ", " +
                           std::to_string(b.cols) + "); a's columns must equal b's rows");
   py::array_t<I> c_indptr(a.rows + 1);
-  std::vector<int64_t> flop(static_cast<size_t>(a.rows) + 1), bounds;
+  SpgemmPlan<V, I> plan;
   int64_t nnz;
   {
     py::gil_scoped_release release;
-    nnz = spgemm_symbolic<I>(structure_of(a), structure_of(b), c_indptr.mutable_data(), flop.data(), &bounds);
+    nnz = spgemm_symbolic<V, I>(a, b, c_indptr.mutable_data(), &plan);
   }
   if (static_cast<uint64_t>(nnz) > static_cast<uint64_t>(std::numeric_limits<I>::max()))
     throw py::value_error(std::string(kFn) + "(): the product has " + std::to_string(nnz) +
@@ -83,8 +83,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   py::array_t<V> c_data(nnz);
   {
     py::gil_scoped_release release;
-    spgemm_numeric<V, I>(a, b, flop.data(), bounds, c_indptr.data(), c_indices.mutable_data(),
-                         c_data.mutable_data());
+    spgemm_numeric<V, I>(a, b, &plan, c_indptr.data(), c_indices.mutable_data(), c_data.mutable_data());
   }
   return py::make_tuple(c_indptr, c_indices, c_data);
 }
