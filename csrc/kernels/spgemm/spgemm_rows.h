@@ -217,6 +217,13 @@ struct ScalarPolicy {
     std::memcpy(out, list, static_cast<size_t>(n) * sizeof(I));
     return sort_keys_nearly_sorted(out, n);
   }
+  // oj[0..n) = list[0..n) sorted, ox[q] = acc[oj[q]]; false when it was expensive (as sort_into).
+  template <typename I, typename V>
+  static bool sort_gather(I* list, int64_t n, const V* acc, I* oj, V* ox) {
+    const bool cheap = sort_into(list, n, oj);
+    for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
+    return cheap;
+  }
   template <typename V>
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];
@@ -426,8 +433,7 @@ class RowEngine {
     // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
     // with the order-preserving hash below; after a run of such rows, later rows go there, with a
     // retry every 256 rows. Either path gives identical output.
-    penalty_ = P::sort_into(list, n, oj) ? std::max(0, penalty_ - 1) : penalty_ + 8;
-    for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
+    penalty_ = P::sort_gather(list, n, acc, oj, ox) ? std::max(0, penalty_ - 1) : penalty_ + 8;
     return n;
   }
 
