@@ -265,35 +265,40 @@ class RowEngine {
 
   // Number of distinct columns of row i of C (the symbolic pass); f = flop[i].
   int64_t count(int64_t i, int64_t f) {
-    const int64_t s = ap_[i], e = ap_[i + 1];
+    const I* ap = ap_;
+    const I* aj = aj_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    const int64_t s = ap[i], e = ap[i + 1];
     if (f == 0 || e - s == 1) return f;  // empty, or one row of B: distinct by the CSR contract
     int64_t count = 0;
-    if (cols_ <= kDenseListMaxCols) {
+    if (cols <= kDenseListMaxCols) {
       // A stamp per column (the row's number): a column is new iff its stamp is not this row's. Nothing
       // to clear between rows.
-      const Stamp stamp = ws_.next_stamp(cols_);
+      const Stamp stamp = ws_.next_stamp(cols);
       Stamp* mark = ws_.mark.data();
-      for (int64_t t = s; t < e && count < cols_; ++t) {  // every column seen: the rest cannot add any
-        prefetch_b_row<I, V>(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, nullptr);
-        const I k = aj_[t];
-        for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
-          const I j = bj_[u];
+      for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
+        prefetch_b_row<I, V>(aj, t + kPrefetchAhead, nnz_a, bp, bj, nullptr);
+        const I k = aj[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
           count += mark[j] != stamp;
           mark[j] = stamp;
         }
       }
       return count;
     }
-    const int bits = log2_pow2_at_least(2 * static_cast<uint64_t>(std::min(f, cols_)));
+    const int bits = log2_pow2_at_least(2 * static_cast<uint64_t>(std::min(f, cols)));
     const uint64_t size = uint64_t{1} << bits, mask = size - 1;
     const int shift = 64 - bits;
     ws_.ensure_hash(size, false);
     I* keys = ws_.keys.data();
     std::fill(keys, keys + size, I(-1));
     for (int64_t t = s; t < e; ++t) {
-      const I k = aj_[t];
-      for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
-        const I j = bj_[u];
+      const I k = aj[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
         uint64_t h = slot_of(j, shift);
         for (;;) {
           const I key = keys[h];
@@ -352,13 +357,19 @@ class RowEngine {
 
   // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
   int64_t dense_full(int64_t s, int64_t e, int64_t wlo, int64_t nnz, I* oj, V* ox) {
-    ws_.ensure_dense(cols_, true);
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    ws_.ensure_dense(cols, true);
     V* acc = ws_.acc.data();
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
-      const I k = aj_[t];
-      const V av = ax_[t];
-      for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) acc[bj_[u]] += product(av, bx_[u]);
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) acc[bj[u]] += product(av, bx[u]);
     }
     for (int64_t q = 0; q < nnz; ++q) {
       oj[q] = static_cast<I>(wlo + q);
@@ -369,15 +380,21 @@ class RowEngine {
   }
 
   int64_t dense_flags(int64_t s, int64_t e, int64_t wlo, int64_t whi, I* oj, V* ox) {
-    uint8_t* flags = ws_.ensure_dense(cols_, true);
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    uint8_t* flags = ws_.ensure_dense(cols, true);
     V* acc = ws_.acc.data();
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
-      const I k = aj_[t];
-      const V av = ax_[t];
-      for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
-        const I j = bj_[u];
-        acc[j] += product(av, bx_[u]);
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        acc[j] += product(av, bx[u]);
         flags[j] = 1;
       }
     }
@@ -387,18 +404,24 @@ class RowEngine {
   // No two products share a column (common for random matrices): C_i is the products themselves,
   // sorted by column; no accumulator. 0 + p keeps scipy's sign of zero.
   int64_t distinct_pairs(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_;
     if (ws_.keys.size() < static_cast<size_t>(f) + 8) ws_.keys.resize(static_cast<size_t>(f) + 8);
     if (ws_.vals.size() < static_cast<size_t>(f) + 8) ws_.vals.resize(static_cast<size_t>(f) + 8);
     I* keys = ws_.keys.data();
     V* vals = ws_.vals.data();
     int64_t n = 0;
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
-      const I k = aj_[t];
-      const V av = ax_[t];
-      for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u, ++n) {
-        keys[n] = bj_[u];
-        vals[n] = V(0) + product(av, bx_[u]);
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+        keys[n] = bj[u];
+        vals[n] = V(0) + product(av, bx[u]);
       }
     }
     P::sort_pairs_into(keys, vals, n, oj, ox);
@@ -409,20 +432,26 @@ class RowEngine {
   // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
   // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
   int64_t dense_list(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
-    const Stamp stamp = ws_.next_stamp(cols_);
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    const Stamp stamp = ws_.next_stamp(cols);
     Stamp* mark = ws_.mark.data();
-    if (ws_.list_acc.size() < static_cast<size_t>(cols_)) ws_.list_acc.resize(static_cast<size_t>(cols_));
+    if (ws_.list_acc.size() < static_cast<size_t>(cols)) ws_.list_acc.resize(static_cast<size_t>(cols));
     V* acc = ws_.list_acc.data();
     if (ws_.keys.size() < static_cast<size_t>(f) + 8) ws_.keys.resize(static_cast<size_t>(f) + 8);
     I* list = ws_.keys.data();
     int64_t n = 0;
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
-      const I k = aj_[t];
-      const V av = ax_[t];
-      for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
-        const I j = bj_[u];
-        const V p = product(av, bx_[u]);
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        const V p = product(av, bx[u]);
         // A branch, not a branch-free select: one store per repeat product instead of three (stamp, value,
         // list), and the pattern repeats from row to row in stencil/FEM matrices (and is nearly always
         // "new" for random ones), so it predicts well: 10% faster on Poisson, 2-3% on Erdős–Rényi.
@@ -447,6 +476,12 @@ class RowEngine {
   // a probe cluster), so a short insertion sort finishes the row; std::sort if it is not short.
   // `bound` >= the row's length sizes the table.
   int64_t hashed(int64_t s, int64_t e, int64_t bound, int64_t wlo, int64_t whi, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_;
     const uint64_t size = 2 * static_cast<uint64_t>(bound);
     const uint64_t span = static_cast<uint64_t>(whi - wlo + 1);
     const uint64_t mul = (size << 32) / span;  // slot = ((j - lo) * mul) >> 32 < size
@@ -455,14 +490,14 @@ class RowEngine {
     I* keys = ws_.keys.data();
     V* vals = ws_.vals.data();
     std::fill(keys, keys + len, I(-1));
-    uint64_t end = 0;  // one past the last slot used
+    int64_t count = 0;
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
-      const I k = aj_[t];
-      const V av = ax_[t];
-      for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
-        const I j = bj_[u];
-        const V p = product(av, bx_[u]);
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        const V p = product(av, bx[u]);
         uint64_t h = static_cast<uint64_t>((static_cast<unsigned __int128>(static_cast<uint64_t>(j - wlo)) * mul) >> 32);
         for (;;) {
           const I key = keys[h];
@@ -473,20 +508,21 @@ class RowEngine {
           if (key < 0) {
             keys[h] = j;
             vals[h] = p;
-            end = std::max(end, h + 1);
+            ++count;
             break;
           }
           ++h;
         }
       }
     }
+    // Compact branch-free (a half-empty table mispredicts a branch per slot: R-MAT was 20% slower);
+    // n < count on every write, so nothing lands past the row.
     int64_t n = 0;
-    for (uint64_t h = 0; h < end; ++h) {
+    for (size_t h = 0; n < count; ++h) {
       const I key = keys[h];
-      if (key < 0) continue;
       oj[n] = key;
       ox[n] = vals[h];
-      ++n;
+      n += key >= 0;
     }
     sort_pairs_nearly_sorted(oj, ox, n);
     return n;
