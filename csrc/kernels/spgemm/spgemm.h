@@ -78,11 +78,11 @@ struct SpgemmPart {
 };
 
 // Row-range kernels. `flop` is [a.rows] with flop[i] = sum over k in A_i of nnz(B_k).
-// fused: writes the length of every row i in [r0, r1) to counts[i]; rows it computed (fused[i] = 1) are
-// in part's buffer, the others (fused[i] = 0) are left to numeric.
+// fused: writes flop[i] and the length of every row i in [r0, r1) to counts[i]; rows it computed
+// (fused[i] = 1) are in part's buffer, the others (fused[i] = 0) are left to numeric.
 // numeric: fills C's rows [r0, r1) given C's final indptr: copies the fused ones, computes the others.
 template <typename V, typename I>
-using SpgemmFusedFn = void (*)(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0,
+using SpgemmFusedFn = void (*)(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0,
                                int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part);
 template <typename V, typename I>
 using SpgemmNumericFn = void (*)(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0,
@@ -98,7 +98,7 @@ struct SpgemmKernel {
 
 #define SPARSEFORGE_SPGEMM_DECLARE(suffix)                                                                     \
   template <typename V, typename I>                                                                            \
-  void spgemm_fused_##suffix(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*, int64_t, int64_t, I*,  \
+  void spgemm_fused_##suffix(const CsrRef<V, I>&, const CsrRef<V, I>&, int64_t*, int64_t, int64_t, I*,        \
                              uint8_t*, SpgemmPart<V, I>*);                                                     \
   template <typename V, typename I>                                                                            \
   void spgemm_numeric_##suffix(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*, int64_t, int64_t,    \
@@ -124,9 +124,10 @@ inline CsrRef<void, I> structure_of(const CsrRef<V, I>& m) {
 template <typename I>
 int64_t spgemm_row_flops(const CsrRef<void, I>& a, const CsrRef<void, I>& b, int64_t* flop);
 
-// Splits rows [0, m) into `parts` contiguous ranges of about equal cost, cost(i) = flop[i] + 1.
+// Splits rows [0, m) into `parts` contiguous ranges of about equal cost, cost(i) = nnz(A_i) + 1.
 // bounds gets parts + 1 entries.
-void spgemm_balance_rows(const int64_t* flop, int64_t m, int parts, int64_t* bounds);
+template <typename I>
+void spgemm_split_rows(const I* indptr, int64_t m, int parts, int64_t* bounds);
 
 // State carried from the first pass to the second: row flops, the part bounds, which rows were fused, and
 // the parts' buffers (freed with the plan).

@@ -535,13 +535,18 @@ class RowEngine {
 // columns, whose count stops early once the row has every column (dense rows such as X·Xᵀ).
 constexpr int64_t kDeferFlopPerCol = 8;
 template <class P, typename V, typename I>
-void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, int64_t r1,
+void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0, int64_t r1,
                 I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
   RowEngine<P, V, I> eng(a, b);
   const int64_t cols = b.cols;
+  const I* ap = a.indptr;
+  const I* aj = a.indices;
+  const I* bp = b.indptr;
   bool fuse = part->chunks_left != nullptr;
   for (int64_t i = r0; i < r1; ++i) {
-    const int64_t f = flop[i];
+    int64_t f = 0;
+    for (int64_t t = ap[i], te = ap[i + 1]; t < te; ++t) f += static_cast<int64_t>(bp[aj[t] + 1]) - bp[aj[t]];
+    flop[i] = f;
     if (f == 0) {
       counts[i] = 0;
       fused[i] = 1;
@@ -608,7 +613,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
 // expands it once, so the same templates are compiled with that file's flags.
 #define SPARSEFORGE_SPGEMM_DEFINE(suffix, Policy)                                                             \
   template <typename V, typename I>                                                                            \
-  void spgemm_fused_##suffix(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0,   \
+  void spgemm_fused_##suffix(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0,         \
                              int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {                  \
     fused_rows<Policy, V, I>(a, b, flop, r0, r1, counts, fused, part);                                         \
   }                                                                                                            \
@@ -623,7 +628,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
   SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, double, int32_t)                                                      \
   SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, double, int64_t)
 #define SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, V, I)                                                          \
-  template void spgemm_fused_##suffix<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*, int64_t, \
+  template void spgemm_fused_##suffix<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, int64_t*, int64_t,       \
                                             int64_t, I*, uint8_t*, SpgemmPart<V, I>*);                         \
   template void spgemm_numeric_##suffix<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*,       \
                                               int64_t, int64_t, const I*, I*, V*, const uint8_t*,              \
