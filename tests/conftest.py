@@ -69,3 +69,34 @@ def small_mobilenet(seed, ch=16):
     return nn.Sequential(nn.Conv2d(1, ch, 3, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(),
                          *block(ch, 2 * ch, 1), *block(2 * ch, 4 * ch, 2), *block(4 * ch, 4 * ch, 1),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * ch, 10))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(tokenizer, model) of SmolLM2-135M (fp32, eval), or skip when the [models] packages are missing."""
+    from sparseforge.data.models import load_smollm2
+
+    try:
+        return load_smollm2()
+    except (RuntimeError, ImportError, OSError) as exc:
+        pytest.skip(f"SmolLM2 is not installed here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_qkv(pytestconfig, request):
+    """Real attention inputs of SmolLM2-135M on 512 tokens of BBC News: ``{"ids": [1, 512], "qkv": {layer:
+    {"q" [1, 9, 512, 64], "k"/"v" [1, 3, 512, 64], "causal", "scale"}}}`` for layers 2, 15 and 29. Cached in
+    pytest's cache directory, so the model is loaded only on the first run."""
+    cache = getattr(pytestconfig, "cache", None)
+    path = cache.mkdir("sparseforge_smollm2") / "qkv512_v1.pt" if cache is not None else None
+    if path is not None and path.exists():
+        return torch.load(path)
+    tok, model = request.getfixturevalue("smollm2")
+    from sparseforge.attention import capture_qkv
+    from sparseforge.data.text import bbc_token_blocks
+
+    ids = bbc_token_blocks(tok, 512, 1)
+    data = {"ids": ids, "qkv": capture_qkv(model, ids, layers=[2, 15, 29])}
+    if path is not None:
+        torch.save(data, path)
+    return data

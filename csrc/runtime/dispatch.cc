@@ -34,6 +34,9 @@ std::vector<Isa> compiled_isas() {
 #if defined(SPARSEFORGE_HAVE_NEON)
   out.push_back(Isa::kNeon);
 #endif
+#if defined(SPARSEFORGE_HAVE_WASM_SIMD)
+  out.push_back(Isa::kWasm);  // only in the wasm32 module (scripts/build_wasm.py), never in _C
+#endif
   return out;
 }
 
@@ -43,7 +46,12 @@ static bool cpu_runs(Isa isa) {
     case Isa::kScalar: return true;
     case Isa::kAvx2: return f.avx2 && f.fma;
     case Isa::kNeon: return f.neon;
-    case Isa::kWasm: return false;  // only inside the wasm module
+    case Isa::kWasm:
+#if defined(__wasm_simd128__)
+      return true;  // the module was built with -msimd128: an engine that loaded it runs SIMD128
+#else
+      return false;  // only inside the wasm module
+#endif
   }
   return false;
 }

@@ -129,8 +129,9 @@ class FastSparseConvNets(Method):
         return self.model
 
     def export(self, model):
-        """Bakes the masks and swaps every pruned eligible 1x1 conv for a SparseConv2d (eval mode)."""
+        """Bakes the masks and folds BatchNorm into the convs before it, and swaps every pruned
+        eligible 1x1 conv for a SparseConv2d (eval mode)."""
         from sparseforge.nn import export_sparse_conv
 
         model = bake_masks(model).eval()
-        return export_sparse_conv(model, min_sparsity=min(0.5, self.config.sparsity), block="auto")
+        return export_sparse_conv(model, min_sparsity=min(0.5, self.config.sparsity), block="auto", fold_bn="auto")

@@ -201,8 +201,8 @@ class SparseByteNN(Method):
         return model
 
     def export(self, model):
-        """Bakes the masks; 1x1 convs go to SparseConv2d with the blocked kernel when G is 2 or 4."""
+        """Bakes the masks and folds BatchNorm; 1x1 convs go to SparseConv2d with the blocked kernel when G is 2 or 4."""
         from sparseforge.nn import export_sparse_conv
 
         model = bake_masks(model).eval()
-        return export_sparse_conv(model, min_sparsity=min(0.3, self.config.sparsity), block="auto")
+        return export_sparse_conv(model, min_sparsity=min(0.3, self.config.sparsity), block="auto", fold_bn="auto")

@@ -116,6 +116,9 @@ class Method:
     #: False for methods that act on the model as a whole (attention functions, decoding constraints):
     #: they get ``targets=[]`` and ``sparsify`` rejects targets/exclude for them.
     needs_targets: ClassVar[bool] = True
+    #: True for methods whose transform adds modules or buffers to the model (attention handlers, gates):
+    #: ``sparseforge.load(path, model=...)`` re-applies them to the given model before loading the state.
+    reapply_on_load: ClassVar[bool] = False
 
     def __init__(self, config: Config):
         if not isinstance(config, type(self).Config):

@@ -134,6 +134,14 @@ def load(path: str | os.PathLike | io.BufferedIOBase, model: nn.Module | None = 
         if "module" not in payload:
             raise ValueError(f"{path!r} was saved with include_module=False: pass the architecture as model=")
         model = _materialize(payload["module"], map_location)
+    else:
+        # Methods that add modules (attention handlers, gates) rebuild them on the given architecture.
+        for entry in payload["history"]:
+            cls = get_method(entry["method"])
+            if getattr(cls, "reapply_on_load", False):
+                bound = cls(cls.Config.from_dict(entry["config"]))
+                bound.model = model
+                model = bound.apply(model, [])
     modules = dict(model.named_modules())
     for key, entries in payload["sparse"].items():
         fqn, _, name = key.rpartition(".")

@@ -16,6 +16,9 @@ void group_nnz_f32_scalar(const float* w, int64_t rows, int64_t cols, int64_t ld
 #if defined(SPARSEFORGE_HAVE_AVX2)
 void group_nnz_f32_avx2(const float* w, int64_t rows, int64_t cols, int64_t ld, int m, int32_t* out);
 #endif
+#if defined(SPARSEFORGE_HAVE_WASM_SIMD)
+void group_nnz_f32_wasm(const float* w, int64_t rows, int64_t cols, int64_t ld, int m, int32_t* out);
+#endif
 
 struct GroupNnzKernel {
   GroupNnzFn fn;

@@ -16,6 +16,9 @@ NmGemmKernel select_nm_gemm(Isa isa, int64_t batch, int n, int m) {
 #if defined(SPARSEFORGE_HAVE_AVX2)
   if (isa == Isa::kAvx2) return {Isa::kAvx2, (batch == 1 && half_density(n, m)) ? "gemv" : "gemm"};
 #endif
+#if defined(SPARSEFORGE_HAVE_WASM_SIMD)
+  if (isa == Isa::kWasm) return {Isa::kWasm, nm_gemm_wasm_is_gemv(batch, n, m) ? "gemv" : "gemm"};
+#endif
   return {Isa::kScalar, "scalar"};
 }
 
@@ -49,6 +52,12 @@ void nm_gemm_f32(const NmGemmArgs& a) {
       sub.batch = bt;
       parallel_for(a.rows, grain, [&](int64_t s, int64_t e) { nm_gemm_xt_f32_avx2(sub, xt, btp, bt, s, e); });
     }
+    return;
+  }
+#endif
+#if defined(SPARSEFORGE_HAVE_WASM_SIMD)
+  if (kern.isa == Isa::kWasm) {
+    parallel_for(a.rows, grain, [&](int64_t b, int64_t e) { nm_gemm_f32_wasm(a, b, e); });
     return;
   }
 #endif

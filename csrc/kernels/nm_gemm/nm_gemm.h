@@ -45,6 +45,11 @@ void nm_gemv_half_f32_avx2(const NmGemmArgs& a, int64_t r0, int64_t r1);
 void nm_gemm_xt_f32_avx2(const NmGemmArgs& a, const float* xt, int64_t btp, int64_t bt, int64_t r0, int64_t r1);
 void nm_gemm_pack_xt_avx2(const float* x, int64_t ldx, int64_t bt, int64_t k, int64_t btp, float* xt);
 #endif
+#if defined(SPARSEFORGE_HAVE_WASM_SIMD)
+// WebAssembly SIMD128 (the wasm32 module only): batch-1 2:4 GEMV, else transposed-tile GEMM; any pattern.
+void nm_gemm_f32_wasm(const NmGemmArgs& a, int64_t r0, int64_t r1);
+bool nm_gemm_wasm_is_gemv(int64_t batch, int n, int m);
+#endif
 
 struct NmGemmKernel {
   Isa isa;

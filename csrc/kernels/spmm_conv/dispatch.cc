@@ -13,6 +13,9 @@ SpmmConvKernel select_spmm_conv(Isa isa) {
 #if defined(SPARSEFORGE_HAVE_NEON)
   if (isa == Isa::kNeon) return {spmm_conv_f32_neon, Isa::kNeon};
 #endif
+#if defined(SPARSEFORGE_HAVE_WASM_SIMD)
+  if (isa == Isa::kWasm) return {spmm_conv_f32_wasm, Isa::kWasm};
+#endif
   return {spmm_conv_f32_scalar, Isa::kScalar};
 }
 

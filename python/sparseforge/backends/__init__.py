@@ -2,7 +2,10 @@
 
 * ``reference``: pure torch, masks baked into dense weights (always present; the correctness anchor).
 * ``cpu``: the compiled kernels in ``sparseforge._C`` through each method's ``export()``.
-* ``wasm`` / ``cuda``: listed with the reason they are missing until those builds exist here.
+* ``wasm``: the same kernels compiled to WebAssembly (``scripts/build_wasm.py``) and run through wasmtime,
+  single-threaded; a model's kernel-backed layers run there, the rest stays torch (``wasm_modules.py``).
+  Available when the module and wasmtime are installed, else listed with the reason.
+* ``cuda``: listed with the reason it is missing until that build exists here.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ class BackendInfo:
 
 def list_backends() -> dict[str, BackendInfo]:
     from .. import _C
+    from . import wasm
 
+    why_not_wasm = wasm.unavailable_reason()  # cheap: finds files, compiles nothing
     out = {
         "reference": BackendInfo("reference", True, "pure torch, dense weights with zeros", ()),
         "cpu": BackendInfo("cpu", True, f"compiled kernels, ISA {_C.isa()}", tuple(_C.ops())),
-        "wasm": BackendInfo("wasm", False, "no WebAssembly module is built in this install"),
+        "wasm": BackendInfo("wasm", why_not_wasm is None,
+                            why_not_wasm or f"WebAssembly kernels via wasmtime, 1 thread ({wasm.module_path()})",
+                            () if why_not_wasm else wasm.built_ops()),
     }
     try:
         import torch
@@ -52,7 +59,10 @@ def get_backend(name: str) -> BackendInfo:
 
 
 def for_inference(model: nn.Module, backend: str) -> nn.Module:
-    """A copy of a sparsified ``model`` prepared to run on ``backend`` (the original is untouched)."""
+    """A copy of a sparsified ``model`` prepared to run on ``backend`` (the original is untouched).
+
+    ``wasm``: exported as for ``cpu``, then the kernel-backed layers are swapped for wasm ones; raises
+    NotImplementedError when the exported model has none (nothing would run in wasm)."""
     from ..api import method_of
     from ..masking import bake_masks, plain_copy
 
@@ -63,6 +73,12 @@ def for_inference(model: nn.Module, backend: str) -> nn.Module:
     try:
         method = method_of(model)
     except ValueError:
-        return bake_masks(clone).eval()
-    # export() rebinds to the clone: the bound method's own model reference stays with the original.
-    return method.export(clone).eval()
+        runnable = bake_masks(clone).eval()
+    else:
+        # export() rebinds to the clone: the bound method's own model reference stays with the original.
+        runnable = method.export(clone).eval()
+    if backend == "wasm":
+        from .wasm_modules import to_wasm
+
+        runnable = to_wasm(runnable)
+    return runnable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["bbc_articles", "bbc_sentences"]
+__all__ = ["bbc_articles", "bbc_sentences", "bbc_token_blocks"]
 
 
 def bbc_articles(limit: int | None = None) -> list[tuple[str, str]]:
@@ -41,3 +41,24 @@ def bbc_sentences(n: int = 64) -> list[str]:
         if len(lines) > 1:
             out.append(lines[1].split(". ")[0])
     return out[:n]
+
+
+def bbc_token_blocks(tokenizer, length: int, n: int, start: int = 0):
+    """int64 ``[n, length]`` token ids: BBC articles (interleaved across categories, joined by blank lines)
+    tokenised once and cut into consecutive non-overlapping blocks; ``start`` skips that many blocks (so
+    calibration and evaluation can use disjoint text)."""
+    import torch
+
+    if length < 1 or n < 1 or start < 0:
+        raise ValueError(f"bbc_token_blocks: need length >= 1, n >= 1, start >= 0; got {length}, {n}, {start}")
+    need = (start + n) * length
+    ids: list[int] = []
+    articles = bbc_articles(limit=2225)
+    for _, text in articles:
+        ids.extend(tokenizer(text.strip() + "\n\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise ValueError(f"bbc_token_blocks: the corpus has {len(ids)} tokens, fewer than {need} requested")
+    t = torch.tensor(ids[start * length: need], dtype=torch.int64)
+    return t.reshape(n, length)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import warnings
+
 import torch
 import torch.nn as nn
 
 from sparseforge.formats import SparseConvWeight
+from sparseforge.nn.fold import fold_batchnorm
 from sparseforge.ops.sparse_conv1x1 import ACTIVATIONS, _sparse_conv1x1
 
 __all__ = ["SparseConv2d", "export_sparse_conv", "is_eligible_conv"]
@@ -76,11 +78,26 @@ def _sparsity(conv: nn.Conv2d) -> float:
     return 1.0 - float(torch.count_nonzero(w)) / w.numel()
 
 
-def export_sparse_conv(model: nn.Module, min_sparsity: float = 0.5, block: int | str = "auto") -> nn.Module:
+def export_sparse_conv(model: nn.Module, min_sparsity: float = 0.5, block: int | str = "auto",
+                       fold_bn: bool | str = False) -> nn.Module:
     """Swaps, in place, every eligible 1x1 conv at least ``min_sparsity`` sparse for a SparseConv2d;
-    leaves every other module alone. Returns ``model`` (switch it to eval mode: SparseConv2d is inference-only)."""
+    leaves every other module alone. Returns ``model`` (switch it to eval mode: SparseConv2d is inference-only).
+
+    ``fold_bn``: fold each BatchNorm2d that follows a conv into it first (:func:`sparseforge.nn.fold_batchnorm`;
+    the model must be in eval mode) -- ``True`` raises when the model cannot be traced, ``"auto"`` then warns
+    and exports without folding.
+    """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"export_sparse_conv(): argument 'min_sparsity' must be in [0, 1], got {min_sparsity}")
+    if fold_bn not in (True, False, "auto"):
+        raise ValueError(f"export_sparse_conv(): argument 'fold_bn' must be True, False or 'auto', got {fold_bn!r}")
+    if fold_bn:
+        try:
+            fold_batchnorm(model)
+        except RuntimeError as e:
+            if fold_bn is True:
+                raise
+            warnings.warn(f"export_sparse_conv(): BatchNorm left unfolded: {e}", stacklevel=2)
     swaps = []
     for name, mod in model.named_modules():
         for child_name, child in mod.named_children():
