@@ -3,9 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <mutex>
 
+#if !defined(__wasi__)
 #include <sys/mman.h>
+#endif
 #include <string>
 
 #include "sparseforge/threading.h"
@@ -84,13 +85,21 @@ int spgemm_parts(int64_t est_flop, int64_t rows) {
 }  // namespace
 
 namespace {
-std::mutex g_pool_mu;
+// A spin lock, not std::mutex (the wasm32-wasi libc++ has none); it guards a push or a pop.
+std::atomic_flag g_pool_busy = ATOMIC_FLAG_INIT;
 std::vector<void*> g_pool;  // free chunks kept between calls
+struct PoolLock {
+  PoolLock() {
+    while (g_pool_busy.test_and_set(std::memory_order_acquire)) {
+    }
+  }
+  ~PoolLock() { g_pool_busy.clear(std::memory_order_release); }
+};
 }  // namespace
 
 void* spgemm_chunk_acquire() {
   {
-    std::lock_guard<std::mutex> lk(g_pool_mu);
+    PoolLock lk;
     if (!g_pool.empty()) {
       void* c = g_pool.back();
       g_pool.pop_back();
@@ -108,7 +117,7 @@ void* spgemm_chunk_acquire() {
 void spgemm_chunk_release(void* c) {
   const size_t keep = static_cast<size_t>(spgemm_fuse_budget_bytes() / kSpgemmChunkBytes);
   {
-    std::lock_guard<std::mutex> lk(g_pool_mu);
+    PoolLock lk;
     if (g_pool.size() < keep) {
       g_pool.push_back(c);
       return;
@@ -120,7 +129,7 @@ void spgemm_chunk_release(void* c) {
 void spgemm_release_pool() {
   std::vector<void*> pool;
   {
-    std::lock_guard<std::mutex> lk(g_pool_mu);
+    PoolLock lk;
     pool.swap(g_pool);
   }
   for (void* c : pool) std::free(c);
