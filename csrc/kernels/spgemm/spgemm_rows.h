@@ -2,26 +2,28 @@
 // and x86_avx2.cc (P = AVX2 helpers); everything here has internal linkage, so each translation unit
 // keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
 //
-// Symbolic pass, per row i with f = flop[i] partial products: a row with one term of A counts nnz(B_k);
-// otherwise a 16-bit stamp per column (B.cols <= kDenseListMaxCols; nothing is cleared between rows, and
-// a row stops once it has every column), else a Fibonacci-hashed open-addressing set.
+// RowEngine::count (the symbolic count, for rows the first pass does not compute), per row i with
+// f = flop[i] partial products: a row with one term of A counts nnz(B_k); otherwise a 16-bit stamp per
+// column (B.cols <= kDenseListMaxCols; nothing is cleared between rows, and a row stops once it has every
+// column), else a Fibonacci-hashed open-addressing set.
 //
-// Numeric pass, per row, in this order of preference:
+// RowEngine::compute, per row, in this order of preference; `known` is the row's length when the count
+// ran first (second pass), -1 in the fused first pass:
 //   1. A_i has one entry: C_i is B_k scaled (already sorted and unique), no accumulator at all;
 //   2. "dense span": the columns C_i can span (from the first/last column of each B_k, B's rows being
 //      sorted; computed for rows with f >= kSpanMinFlops) number at most kSpanPerFlop * f: dense value
 //      array plus a byte flag per column (all zero between rows), flags read back in column order, so
-//      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count
-//      equals its span is dense and needs no flags at all;
-//   3. (AVX2) no two products share a column (nnz(C_i) == f, e.g. random matrices): the products are
-//      rank-sorted by column with their values, no accumulator at all;
+//      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose known
+//      length equals its span is dense and needs no flags at all;
+//   3. (AVX2) the count says no two products share a column (nnz(C_i) == f, random matrices): the
+//      products are rank-sorted by column with their values, no accumulator at all;
 //   4. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
-//      a branch-free list of first touches, sorted by P::sort_into (scalar: insertion sort, good for the
-//      nearly sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively
-//      when lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
-//   5. open-addressing hash with linear probing: 2 * nnz(C_i) slots with an order-preserving hash
-//      (slot grows with the column) and an overflow tail instead of wrap-around, so keys come out
-//      nearly sorted and an insertion sort finishes them (std::sort if they are not).
+//      a list of first touches, sorted by P::sort_gather (scalar: insertion sort, good for the nearly
+//      sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively when
+//      lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
+//   5. open-addressing hash with linear probing: 2 * (known length, else min(f, span)) slots with an
+//      order-preserving hash (slot grows with the column) and an overflow tail instead of wrap-around,
+//      so keys come out nearly sorted and an insertion sort finishes them (std::sort if they are not).
 // Values are accumulated in A's row order in every path, so all paths give bit-identical results.
 #pragma once
 
