@@ -2,10 +2,14 @@
 
     python benchmarks/bench_spgemm.py [--quick] [--repeats N] [--out results/bench_spgemm.json]
 
-Every ratio is measured in one process with the contenders interleaved round by round (sparseforge 1T,
-scipy, torch 1T, sparseforge 2T), so machine noise hits them alike; the table shows the median of the
+Every ratio is measured in one process with the contenders interleaved round by round, so machine noise
+hits them alike: first sparseforge 1T, scipy and torch 1T back to back, then sparseforge 1T against 2T with
+an idle pause before each call (see below). The order rotates from round to round, so that no contender
+always runs right after the one whose freed memory the allocator has just handed back to the kernel (the
+next big allocation then pays the page faults). The table shows the median of the
 per-round ratios and their spread (min–max over rounds). Before timing, each case's product is checked
-against scipy (identical structure and values). Writes a JSON record with all raw times.
+against scipy (identical structure and values). Writes a JSON record with all raw times, including each
+call's system time (page faults).
 
 Also printed: the same single-thread ratios in process CPU time (robust when other processes share the
 cores), and "bal", the flop balance of the 2-thread row split (max part / mean part; the 2T/1T speed-up
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 import warnings
@@ -54,13 +59,15 @@ def to_torch(a):
                                    torch.from_numpy(a.data), a.shape)
 
 
-def timed(fn, cpu_log):
-    """Wall seconds of fn(); appends the process CPU seconds it used to cpu_log."""
+def timed(fn, cpu_log, sys_log):
+    """Wall seconds of fn(); appends the process CPU seconds it used to cpu_log, the system part to sys_log."""
     c = time.process_time()
+    s0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     t = time.perf_counter()
     fn()
     w = time.perf_counter() - t
     cpu_log.append(time.process_time() - c)
+    sys_log.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0)
     return w
 
 
@@ -70,8 +77,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated case names")
     ap.add_argument("--out", default=os.path.join("results", "bench_spgemm.json"))
+    ap.add_argument("--settle-ms", type=float, default=30.0,
+                    help="idle time before each 1T/2T call (lets spin-waiting OpenMP workers go to sleep)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 11)
+    settle = args.settle_ms / 1e3
 
     import scipy
     import scipy.sparse as sp
@@ -111,29 +121,44 @@ def main(argv=None) -> int:
         cz.eliminate_zeros()  # scipy drops exact cancellations; sparseforge keeps the structural product
         equal = (np.array_equal(cz.indptr, r.indptr) and np.array_equal(cz.indices, r.indices)
                  and np.array_equal(cz.data, r.data))
-        times = {"sf1": [], "scipy": [], "torch": [], "sf2": []}
+        times = {"sf1": [], "scipy": [], "torch": [], "sf1b": [], "sf2": []}
         cpu = {k: [] for k in times}
-        for _ in range(repeats):
-            _C.set_num_threads(1)
-            times["sf1"].append(timed(lambda: spgemm(a, b), cpu["sf1"]))
-            times["scipy"].append(timed(lambda: a @ b, cpu["scipy"]))
-            times["torch"].append(timed(lambda: ta @ tb, cpu["torch"]))
-            _C.set_num_threads(2)
-            times["sf2"].append(timed(lambda: spgemm(a, b), cpu["sf2"]))
+        sys_t = {k: [] for k in times}
+
+        def sf_threads(n):
+            _C.set_num_threads(n)
+            return spgemm(a, b)
+
+        # Single-thread contenders first, back to back (nothing wakes an OpenMP team in between).
+        calls = {"sf1": lambda: sf_threads(1), "scipy": lambda: a @ b, "torch": lambda: ta @ tb}
+        order = list(calls)
+        for rnd in range(repeats):
+            for k in order[rnd % 3:] + order[:rnd % 3]:
+                times[k].append(timed(calls[k], cpu[k], sys_t[k]))
+        # Then 1 against 2 threads, each call after an idle pause: after a 2-thread call the OpenMP worker
+        # (torch's libgomp team, which parallel_for runs on) spin-waits for a few ms, which process CPU
+        # time would charge to the next call, and on a busy machine the spinner takes a core from it.
+        calls = {"sf1b": lambda: sf_threads(1), "sf2": lambda: sf_threads(2)}
+        order = list(calls)
+        for rnd in range(repeats):
+            for k in order[rnd % 2:] + order[:rnd % 2]:
+                time.sleep(settle)
+                times[k].append(timed(calls[k], cpu[k], sys_t[k]))
         _C.set_num_threads(0)
         t = {k: np.array(v) for k, v in times.items()}
         ratios = {"scipy_over_sf1": t["scipy"] / t["sf1"], "torch_over_sf1": t["torch"] / t["sf1"],
-                  "sf1_over_sf2": t["sf1"] / t["sf2"]}
+                  "sf1_over_sf2": t["sf1b"] / t["sf2"]}
         c_ = {k: np.array(v) for k, v in cpu.items()}
         # CPU-time ratios of the single-threaded contenders: insensitive to other processes taking turns
         # on the cores (they still share caches); a cross-check of the wall-clock ratios on a busy machine.
         cpu_ratios = {"scipy_over_sf1": c_["scipy"] / c_["sf1"], "torch_over_sf1": c_["torch"] / c_["sf1"],
-                      "cpu_sf2_over_sf1": c_["sf2"] / c_["sf1"]}
-        # Flop balance of the 2-thread row split: the ideal 2T/1T speed-up is 2 / (max part / mean part).
+                      "cpu_sf2_over_sf1": c_["sf2"] / c_["sf1b"]}
+        # Flop balance of a 2-way row split as the kernel splits (by nnz(A_i) + 1; parts are claimed
+        # dynamically, 4 per thread): the ideal 2T/1T speed-up is 2 / (max half / mean half).
         fl = _C.spgemm_row_flops(a.indptr, a.indices, a.shape, b.indptr, b.shape)
-        cost = np.cumsum(fl + 1)
-        half = int(np.searchsorted(cost, cost[-1] / 2)) + 1
-        parts = [cost[half - 1], cost[-1] - cost[half - 1]] if len(cost) > 1 else [cost[-1], 0]
+        split = np.cumsum(np.diff(a.indptr) + 1)
+        half = int(np.searchsorted(split, split[-1] / 2)) + 1
+        parts = [fl[:half].sum() + half, fl[half:].sum() + len(fl) - half]
         balance = float(max(parts) / (sum(parts) / 2))
 
         def fmt(x):
@@ -142,7 +167,8 @@ def main(argv=None) -> int:
         print(f"{name:16s} {a.shape[0]:8d} {a.nnz:9d} {flops:11d} {c.nnz:10d} {np.median(t['sf1']) * 1e3:9.2f} "
               f"{fmt(ratios['scipy_over_sf1']):>16s} {fmt(ratios['torch_over_sf1']):>16s} {fmt(ratios['sf1_over_sf2']):>16s}"
               f"   cpu: {np.median(cpu_ratios['scipy_over_sf1']):5.2f} {np.median(cpu_ratios['torch_over_sf1']):5.2f}"
-              f"  bal {balance:.3f}" + ("" if equal else "  NOT EQUAL TO SCIPY"), flush=True)
+              f"  2T/1T cpu {np.median(cpu_ratios['cpu_sf2_over_sf1']):4.2f}  bal {balance:.3f}"
+              + ("" if equal else "  NOT EQUAL TO SCIPY"), flush=True)
         record["cases"].append({
             "name": name, "description": desc, "large": large, "rows": a.shape[0], "cols": b.shape[1],
             "nnz_a": int(a.nnz), "nnz_b": int(b.nnz), "flops": flops, "nnz_c": int(c.nnz),
@@ -151,6 +177,7 @@ def main(argv=None) -> int:
             "ratios": {k: {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
                        for k, v in ratios.items()},
             "cpu_time_s": {k: v.tolist() for k, v in c_.items()},
+            "sys_time_s": {k: list(v) for k, v in sys_t.items()},
             "cpu_ratios": {k: {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
                            for k, v in cpu_ratios.items()},
             "two_thread_flop_balance": balance,

@@ -299,3 +299,72 @@ def test_two_threads_split_rows_identically(isa, index_dtype):
     r = scipy_ref(a, b)
     np.testing.assert_array_equal(two[1], r.indices)
     np.testing.assert_array_equal(two[2], r.data)
+
+
+# The fused first pass (spgemm_rows.h): rows are computed once into pooled 2 MiB chunks while the call's
+# budget (SPARSEFORGE_SPGEMM_FUSE_MB) lasts; later rows, very dense rows and rows longer than a chunk take
+# the symbolic + numeric passes. Every mix must give the same bits.
+def _fused_case(rng):
+    # ~2.4 M products, ~1.5 M entries (18 MB of float64 + int32): several chunks.
+    return rand_csr(12_000, 12_000, 14, rng), rand_csr(12_000, 15_000, 14, rng)
+
+
+@pytest.mark.parametrize("budget_mb", ["0", "2", "6", None])
+def test_fuse_budget_splits_rows_identically(budget_mb, isa, threads, monkeypatch):
+    rng = np.random.default_rng(21)
+    a, b = _fused_case(rng)
+    if budget_mb is None:
+        monkeypatch.delenv("SPARSEFORGE_SPGEMM_FUSE_MB", raising=False)
+    else:
+        monkeypatch.setenv("SPARSEFORGE_SPGEMM_FUSE_MB", budget_mb)
+    p, j, x = raw(a, b)
+    stats = _C.spgemm_last_stats()
+    if budget_mb == "0":
+        assert stats["fused_rows"] == 0
+    elif budget_mb in ("2", "6"):  # one / three chunks: some rows fused, the rest two-pass
+        assert 0 < stats["fused_rows"] < a.shape[0]
+    else:
+        assert stats["fused_rows"] == a.shape[0]
+    monkeypatch.setenv("SPARSEFORGE_ISA", "scalar")
+    monkeypatch.setenv("SPARSEFORGE_SPGEMM_FUSE_MB", "0")
+    p0, j0, x0 = raw(a, b)
+    np.testing.assert_array_equal(p, p0)
+    np.testing.assert_array_equal(j, j0)
+    np.testing.assert_array_equal(x, x0)
+    r = scipy_ref(a, b)
+    np.testing.assert_array_equal(j, r.indices)
+    np.testing.assert_array_equal(x, r.data)
+
+
+def test_deferred_rows_dense_and_longer_than_a_chunk(isa):
+    rng = np.random.default_rng(22)
+    # Rows with >= 8x more products than columns are left to the two passes (their count stops early).
+    a, b = rand_csr(30, 50, 50, rng), rand_csr(50, 20, 20, rng)
+    c = spgemm(a, b)
+    assert _C.spgemm_last_stats()["fused_rows"] == 0
+    np.testing.assert_array_equal(c.data, scipy_ref(a, b).data)
+    # A row whose bound min(flops, cols) exceeds a chunk (262144 float32 entries) cannot be fused.
+    a, b = rand_csr(3, 100, 100, rng, np.float32), rand_csr(100, 300_000, 3000, rng, np.float32)
+    c = spgemm(a, b)
+    assert _C.spgemm_last_stats()["fused_rows"] < 3
+    r = (a @ b).tocsr()
+    r.sort_indices()
+    check_same_structure(c, r)
+    np.testing.assert_array_equal(c.data, r.data)
+
+
+def test_pooled_chunks_never_leak_into_the_next_product(isa):
+    # The chunk pool keeps buffers between calls: a product after one that left NaNs (and longer rows) in
+    # the chunks must come out clean, also after the pool is released.
+    rng = np.random.default_rng(23)
+    a, b = _fused_case(rng)
+    poison = a.copy()
+    poison.data = np.full_like(poison.data, np.nan)
+    for release in (False, True):
+        spgemm(poison, b)
+        if release:
+            _C.spgemm_release_buffers()
+        small_a, small_b = rand_csr(5000, 12_000, 3, rng), rand_csr(12_000, 9000, 4, rng)
+        c = spgemm(small_a, small_b)
+        assert np.isfinite(c.data).all()
+        np.testing.assert_array_equal(c.data, scipy_ref(small_a, small_b).data)

@@ -1,6 +1,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <limits>
 
 #include "kernels/spgemm/spgemm.h"
@@ -13,6 +14,9 @@ using namespace sparseforge;
 namespace {
 
 constexpr const char* kFn = "spgemm";
+// What the last spgemm call did (tests check that every path is reached): rows computed in the first
+// pass, rows in all, parts.
+std::atomic<int64_t> g_last_fused{0}, g_last_rows{0}, g_last_parts{0};
 
 std::pair<int64_t, int64_t> require_shape(const char* arg, py::handle obj) {
   py::tuple t;
@@ -70,11 +74,11 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
                           std::to_string(a.cols) + ") and b_shape=(" + std::to_string(b.rows) + ", " +
                           std::to_string(b.cols) + "); a's columns must equal b's rows");
   py::array_t<I> c_indptr(a.rows + 1);
-  std::vector<int64_t> flop(static_cast<size_t>(a.rows) + 1), bounds;
+  SpgemmPlan<V, I> plan;
   int64_t nnz;
   {
     py::gil_scoped_release release;
-    nnz = spgemm_symbolic<I>(structure_of(a), structure_of(b), c_indptr.mutable_data(), flop.data(), &bounds);
+    nnz = spgemm_symbolic<V, I>(a, b, c_indptr.mutable_data(), &plan);
   }
   if (static_cast<uint64_t>(nnz) > static_cast<uint64_t>(std::numeric_limits<I>::max()))
     throw py::value_error(std::string(kFn) + "(): the product has " + std::to_string(nnz) +
@@ -83,9 +87,9 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   py::array_t<V> c_data(nnz);
   {
     py::gil_scoped_release release;
-    spgemm_numeric<V, I>(a, b, flop.data(), bounds, c_indptr.data(), c_indices.mutable_data(),
-                         c_data.mutable_data());
+    spgemm_numeric<V, I>(a, b, &plan, c_indptr.data(), c_indices.mutable_data(), c_data.mutable_data());
   }
+  g_last_fused = plan.fused_rows, g_last_rows = a.rows, g_last_parts = static_cast<int64_t>(plan.bounds.size()) - 1;
   return py::make_tuple(c_indptr, c_indices, c_data);
 }
 
@@ -124,6 +128,13 @@ SPARSEFORGE_BIND_OP(
               "indptr/indices: int32 or int64 (the same dtype everywhere); data: float32 or float64 (the same\n"
               "for A and B); 1-D, C-contiguous. Returns (indptr, indices, data) of C [a_rows, b_cols] with\n"
               "sorted column indices, the input dtypes, and exactly nnz(C) entries.");
+      mod.def("spgemm_last_stats", [] {
+        py::dict d;
+        d["fused_rows"] = g_last_fused.load(), d["rows"] = g_last_rows.load(), d["parts"] = g_last_parts.load();
+        return d;
+      }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts.");
+      mod.def("spgemm_release_buffers", [] { spgemm_release_pool(); },
+              "Frees the fused-pass buffer chunks spgemm keeps between calls (up to the fuse budget).");
       mod.def("spgemm_row_flops", [](py::handle ap, py::handle aj, py::handle ash, py::handle bp, py::handle bsh) {
         // Partial products per row (sum over k in A_i of nnz(B_k)); int64 [rows].
         auto [ar, ac] = require_shape("a_shape", ash);

@@ -32,13 +32,13 @@ int32_t run(const void* ap, const void* aj, const void* ax, int32_t a_rows, int3
   err = spgemm_check_csr<I>(b.indptr, b.indices, b.rows, b.cols, b_nnz);
   if (!err.empty()) return wasm::fail("spgemm(): argument 'b' is not canonical CSR: " + err);
   I* cp = take<I>(g_indptr, a.rows + 1);
-  std::vector<int64_t> flop(static_cast<size_t>(a.rows) + 1), bounds;
-  const int64_t nnz = spgemm_symbolic<I>(structure_of(a), structure_of(b), cp, flop.data(), &bounds);
+  SpgemmPlan<V, I> plan;
+  const int64_t nnz = spgemm_symbolic<V, I>(a, b, cp, &plan);
   if (nnz > INT32_MAX / 8) return wasm::fail("spgemm(): the product has " + std::to_string(nnz) +
                                               " nonzeros, too many for the module's 32-bit memory");
   I* cj = take<I>(g_indices, nnz);
   V* cx = take<V>(g_data, nnz);
-  spgemm_numeric<V, I>(a, b, flop.data(), bounds, cp, cj, cx);
+  spgemm_numeric<V, I>(a, b, &plan, cp, cj, cx);
   out[0] = reinterpret_cast<uintptr_t>(cp);
   out[1] = reinterpret_cast<uintptr_t>(cj);
   out[2] = reinterpret_cast<uintptr_t>(cx);

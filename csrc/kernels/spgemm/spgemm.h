@@ -1,8 +1,10 @@
 // spgemm: C = A·B for CSR matrices, row-wise (Gustavson) with a per-row hash accumulator, or a dense
 // accumulator for rows whose flop count makes it cheaper (the SMASH design on a CPU).
 //
-// Two passes over each row: a symbolic pass counts the distinct output columns so that C is allocated
-// exactly, then a numeric pass computes the values. Output column indices are sorted. Every output value
+// Two passes. The first computes each row once into a per-part buffer (fused symbolic + numeric) while
+// the call's buffer budget lasts, and only counts the distinct columns of the other rows, so that C is
+// allocated exactly; the second copies the buffered rows into C and computes the others in place.
+// Output column indices are sorted. Every output value
 // is summed in the order of A's row (k ascending), as scipy does, so values match scipy bit for bit.
 // Entries that cancel to exactly 0.0 are kept (structural result); scipy drops them.
 //
@@ -10,7 +12,11 @@
 // row); the binding checks that before any kernel runs.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,30 +32,79 @@ struct CsrRef {
   const V* data = nullptr;
 };
 
+// Fused-pass buffers come in chunks of kSpgemmChunkBytes (one 2 MiB huge page each), taken from a
+// process-wide pool that keeps up to the fuse budget of them between calls: fresh pages cost a page
+// fault each (0.35 ms per MB on 4 KiB pages here), which would eat what fusing saves.
+constexpr int64_t kSpgemmChunkBytes = int64_t{2} << 20;
+void* spgemm_chunk_acquire();       // nullptr when out of memory
+void spgemm_chunk_release(void* c);
+void spgemm_release_pool();         // frees the chunks the pool keeps
+
+// The buffer of one part of the fused pass (see spgemm_rows.h): the columns and values of the rows it
+// computed, in row order, until they are copied into C. A row is placed whole in one chunk (at `used`,
+// with room for its bound min(flop, cols)); the next chunk starts when the bound does not fit, so the
+// copy-out can replay the placement from the rows' bounds and lengths. Chunks are drawn from the call's
+// allowance (`chunks_left`, shared by all parts); chunks_left == nullptr turns fusing off.
+template <typename V, typename I>
+struct SpgemmPart {
+  // Entries per chunk: columns first, then values (8-aligned).
+  static constexpr int64_t kEntries = (kSpgemmChunkBytes / static_cast<int64_t>(sizeof(I) + sizeof(V))) & ~int64_t{7};
+  std::vector<void*> chunks;
+  int64_t used = 0;
+  std::atomic<int64_t>* chunks_left = nullptr;
+
+  SpgemmPart() = default;
+  SpgemmPart(const SpgemmPart&) = delete;
+  SpgemmPart& operator=(const SpgemmPart&) = delete;
+  ~SpgemmPart() { release(); }
+  void release() {
+    for (void* c : chunks) spgemm_chunk_release(c);
+    chunks.clear();
+  }
+  static I* cols_of(void* c) { return static_cast<I*>(c); }
+  static V* vals_of(void* c) { return reinterpret_cast<V*>(static_cast<char*>(c) + kEntries * sizeof(I)); }
+  // Makes room for a row of at most `bound` entries at (back chunk, used); false when no chunk is left.
+  bool place(int64_t bound) {
+    if (!chunks.empty() && used + bound <= kEntries) return true;
+    if (chunks_left == nullptr || bound > kEntries) return false;
+    if (chunks_left->fetch_sub(1) <= 0) {
+      chunks_left->fetch_add(1);
+      return false;
+    }
+    void* c = spgemm_chunk_acquire();
+    if (c == nullptr) return false;
+    chunks.push_back(c);
+    used = 0;
+    return true;
+  }
+};
+
 // Row-range kernels. `flop` is [a.rows] with flop[i] = sum over k in A_i of nnz(B_k).
-// symbolic: writes the distinct-column count of every row i in [r0, r1) to counts[i].
-// numeric: fills C's rows [r0, r1) given C's final indptr.
-template <typename I>
-using SpgemmSymbolicFn = void (*)(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop,
-                                  int64_t r0, int64_t r1, I* counts);
+// fused: writes flop[i] and the length of every row i in [r0, r1) to counts[i]; rows it computed
+// (fused[i] = 1) are in part's buffer, the others (fused[i] = 0) are left to numeric.
+// numeric: fills C's rows [r0, r1) given C's final indptr: copies the fused ones, computes the others.
+template <typename V, typename I>
+using SpgemmFusedFn = void (*)(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0,
+                               int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part);
 template <typename V, typename I>
 using SpgemmNumericFn = void (*)(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0,
-                                 int64_t r1, const I* c_indptr, I* c_indices, V* c_data);
+                                 int64_t r1, const I* c_indptr, I* c_indices, V* c_data, const uint8_t* fused,
+                                 const SpgemmPart<V, I>* part);
 
 template <typename V, typename I>
 struct SpgemmKernel {
-  SpgemmSymbolicFn<I> symbolic;
+  SpgemmFusedFn<V, I> fused;
   SpgemmNumericFn<V, I> numeric;
   Isa isa;
 };
 
 #define SPARSEFORGE_SPGEMM_DECLARE(suffix)                                                                     \
-  template <typename I>                                                                                        \
-  void spgemm_symbolic_##suffix(const CsrRef<void, I>&, const CsrRef<void, I>&, const int64_t*, int64_t,      \
-                                int64_t, I*);                                                                  \
+  template <typename V, typename I>                                                                            \
+  void spgemm_fused_##suffix(const CsrRef<V, I>&, const CsrRef<V, I>&, int64_t*, int64_t, int64_t, I*,        \
+                             uint8_t*, SpgemmPart<V, I>*);                                                     \
   template <typename V, typename I>                                                                            \
   void spgemm_numeric_##suffix(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*, int64_t, int64_t,    \
-                               const I*, I*, V*);
+                               const I*, I*, V*, const uint8_t*, const SpgemmPart<V, I>*);
 
 SPARSEFORGE_SPGEMM_DECLARE(scalar)
 #if defined(SPARSEFORGE_HAVE_AVX2)
@@ -71,18 +126,35 @@ inline CsrRef<void, I> structure_of(const CsrRef<V, I>& m) {
 template <typename I>
 int64_t spgemm_row_flops(const CsrRef<void, I>& a, const CsrRef<void, I>& b, int64_t* flop);
 
-// Splits rows [0, m) into `parts` contiguous ranges of about equal cost, cost(i) = flop[i] + 1.
+// Splits rows [0, m) into `parts` contiguous ranges of about equal cost, cost(i) = nnz(A_i) + 1.
 // bounds gets parts + 1 entries.
-void spgemm_balance_rows(const int64_t* flop, int64_t m, int parts, int64_t* bounds);
+template <typename I>
+void spgemm_split_rows(const I* indptr, int64_t m, int parts, int64_t* bounds);
+
+// State carried from the first pass to the second: row flops, the part bounds, which rows were fused, and
+// the parts' buffers (freed with the plan).
+template <typename V, typename I>
+struct SpgemmPlan {
+  std::vector<int64_t> flop, bounds;
+  std::vector<uint8_t> fused;
+  std::unique_ptr<SpgemmPart<V, I>[]> parts;
+  std::atomic<int64_t> chunks_left{0};
+  int64_t fused_rows = 0;  // how many rows the first pass computed (for tests and benchmarks)
+};
+
+// Bytes all parts' buffers of one call may hold together, and the most the chunk pool keeps between calls:
+// SPARSEFORGE_SPGEMM_FUSE_MB (0 turns fusing off), default kSpgemmFuseBudgetMb.
+constexpr int64_t kSpgemmFuseBudgetMb = 64;
+int64_t spgemm_fuse_budget_bytes();
 
 // Whole product with the kernel chosen for active_isa(), on num_threads() threads, rows balanced by flops.
-// symbolic: fills c_indptr [a.rows + 1] and returns nnz(C). `flop`/`bounds` are filled for numeric.
-template <typename I>
-int64_t spgemm_symbolic(const CsrRef<void, I>& a, const CsrRef<void, I>& b, I* c_indptr, int64_t* flop,
-                        std::vector<int64_t>* bounds);
+// first pass: fills c_indptr [a.rows + 1] and returns nnz(C); rows within the budget are computed already.
+// numeric: fills C (allocated by the caller with exactly nnz(C) entries) and frees the parts' buffers.
 template <typename V, typename I>
-void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop,
-                    const std::vector<int64_t>& bounds, const I* c_indptr, I* c_indices, V* c_data);
+int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indptr, SpgemmPlan<V, I>* plan);
+template <typename V, typename I>
+void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, I>* plan, const I* c_indptr,
+                    I* c_indices, V* c_data);
 
 // Checks that (indptr, indices) is canonical CSR with `cols` columns; returns "" or what is wrong
 // (the first offending row), on num_threads() threads.

@@ -2,26 +2,28 @@
 // and x86_avx2.cc (P = AVX2 helpers); everything here has internal linkage, so each translation unit
 // keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
 //
-// Symbolic pass, per row i with f = flop[i] partial products: a row with one term of A counts nnz(B_k);
-// otherwise a 16-bit stamp per column (B.cols <= kDenseListMaxCols; nothing is cleared between rows, and
-// a row stops once it has every column), else a Fibonacci-hashed open-addressing set.
+// RowEngine::count (the symbolic count, for rows the first pass does not compute), per row i with
+// f = flop[i] partial products: a row with one term of A counts nnz(B_k); otherwise a 16-bit stamp per
+// column (B.cols <= kDenseListMaxCols; nothing is cleared between rows, and a row stops once it has every
+// column), else a Fibonacci-hashed open-addressing set.
 //
-// Numeric pass, per row, in this order of preference:
+// RowEngine::compute, per row, in this order of preference; `known` is the row's length when the count
+// ran first (second pass), -1 in the fused first pass:
 //   1. A_i has one entry: C_i is B_k scaled (already sorted and unique), no accumulator at all;
 //   2. "dense span": the columns C_i can span (from the first/last column of each B_k, B's rows being
 //      sorted; computed for rows with f >= kSpanMinFlops) number at most kSpanPerFlop * f: dense value
 //      array plus a byte flag per column (all zero between rows), flags read back in column order, so
-//      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose count
-//      equals its span is dense and needs no flags at all;
-//   3. (AVX2) no two products share a column (nnz(C_i) == f, e.g. random matrices): the products are
-//      rank-sorted by column with their values, no accumulator at all;
+//      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose known
+//      length equals its span is dense and needs no flags at all;
+//   3. (AVX2) the count says no two products share a column (nnz(C_i) == f, random matrices): the
+//      products are rank-sorted by column with their values, no accumulator at all;
 //   4. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
-//      a branch-free list of first touches, sorted by P::sort_into (scalar: insertion sort, good for the
-//      nearly sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively
-//      when lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
-//   5. open-addressing hash with linear probing: 2 * nnz(C_i) slots with an order-preserving hash
-//      (slot grows with the column) and an overflow tail instead of wrap-around, so keys come out
-//      nearly sorted and an insertion sort finishes them (std::sort if they are not).
+//      a list of first touches, sorted by P::sort_gather (scalar: insertion sort, good for the nearly
+//      sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively when
+//      lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
+//   5. open-addressing hash with linear probing: 2 * (known length, else min(f, span)) slots with an
+//      order-preserving hash (slot grows with the column) and an overflow tail instead of wrap-around,
+//      so keys come out nearly sorted and an insertion sort finishes them (std::sort if they are not).
 // Values are accumulated in A's row order in every path, so all paths give bit-identical results.
 #pragma once
 
@@ -202,233 +204,6 @@ struct RowWorkspace {
   }
 };
 
-template <class P, typename I>
-void symbolic_rows(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop, int64_t r0,
-                   int64_t r1, I* counts) {
-  RowWorkspace<char, I> ws;
-  const int64_t nnz_a = a.indptr[a.rows];
-  const I* ap = a.indptr;
-  const I* aj = a.indices;
-  const I* bp = b.indptr;
-  const I* bj = b.indices;
-  const int64_t cols = b.cols;
-  for (int64_t i = r0; i < r1; ++i) {
-    const int64_t f = flop[i];
-    const int64_t s = ap[i], e = ap[i + 1];
-    if (f == 0 || e - s == 1) {  // empty, or one row of B: distinct by the CSR contract
-      counts[i] = static_cast<I>(f);
-      continue;
-    }
-    int64_t count = 0;
-    if (cols <= kDenseListMaxCols) {
-      // A stamp per column (the row's number): a column is new iff its stamp is not this row's. Nothing
-      // to clear between rows.
-      const Stamp stamp = ws.next_stamp(cols);
-      Stamp* mark = ws.mark.data();
-      for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
-        prefetch_b_row<I, char>(aj, t + kPrefetchAhead, nnz_a, bp, bj, nullptr);
-        const I k = aj[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-          const I j = bj[u];
-          count += mark[j] != stamp;
-          mark[j] = stamp;
-        }
-      }
-    } else {
-      const int bits = log2_pow2_at_least(2 * static_cast<uint64_t>(std::min(f, cols)));
-      const uint64_t size = uint64_t{1} << bits, mask = size - 1;
-      const int shift = 64 - bits;
-      ws.ensure_hash(size, false);
-      I* keys = ws.keys.data();
-      std::fill(keys, keys + size, I(-1));
-      for (int64_t t = s; t < e; ++t) {
-        const I k = aj[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-          const I j = bj[u];
-          uint64_t h = slot_of(j, shift);
-          for (;;) {
-            const I key = keys[h];
-            if (key == j) break;
-            if (key < 0) {
-              keys[h] = j;
-              ++count;
-              break;
-            }
-            h = (h + 1) & mask;
-          }
-        }
-      }
-    }
-    counts[i] = static_cast<I>(count);
-  }
-}
-
-template <class P, typename V, typename I>
-void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, int64_t r1,
-                  const I* cp, I* cj, V* cx) {
-  RowWorkspace<V, I> ws;
-  const int64_t nnz_a = a.indptr[a.rows];
-  const I* ap = a.indptr;
-  const I* aj = a.indices;
-  const V* ax = a.data;
-  const I* bp = b.indptr;
-  const I* bj = b.indices;
-  const V* bx = b.data;
-  const int64_t cols = b.cols;
-  int penalty = 0;
-  int64_t hash_rows = 0;
-  for (int64_t i = r0; i < r1; ++i) {
-    const int64_t f = flop[i];
-    const int64_t s = ap[i], e = ap[i + 1];
-    const int64_t out = cp[i], nnz = cp[i + 1] - cp[i];
-    if (nnz == 0) continue;
-    if (e - s == 1) {
-      const I k = aj[s];
-      const int64_t u0 = bp[k];
-      std::memcpy(cj + out, bj + u0, static_cast<size_t>(nnz) * sizeof(I));
-      P::scale(ax[s], bx + u0, nnz, cx + out);
-      continue;
-    }
-    // The span costs a load per term of A_i; only rows with many products can amortise the scan, so
-    // smaller rows skip it, and rows with f * kSpanPerFlop >= cols scan all columns without it.
-    int64_t wlo = 0, whi = cols - 1;
-    bool dense_span = f * kSpanPerFlop >= cols;
-    if (!dense_span && f >= kSpanMinFlops) {
-      column_span(ap, aj, bp, bj, s, e, &wlo, &whi);
-      dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
-    }
-    if (dense_span && nnz == whi - wlo + 1) {
-      // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
-      ws.ensure_dense(cols, true);
-      V* acc = ws.acc.data();
-      for (int64_t t = s; t < e; ++t) {
-        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-        const I k = aj[t];
-        const V av = ax[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) acc[bj[u]] += product(av, bx[u]);
-      }
-      I* oj = cj + out;
-      V* ox = cx + out;
-      for (int64_t q = 0; q < nnz; ++q) {
-        oj[q] = static_cast<I>(wlo + q);
-        ox[q] = acc[wlo + q];
-        acc[wlo + q] = V(0);
-      }
-    } else if (dense_span) {
-      uint8_t* flags = ws.ensure_dense(cols, true);
-      V* acc = ws.acc.data();
-      for (int64_t t = s; t < e; ++t) {
-        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-        const I k = aj[t];
-        const V av = ax[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-          const I j = bj[u];
-          acc[j] += product(av, bx[u]);
-          flags[j] = 1;
-        }
-      }
-      P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, cj + out, cx + out);
-    } else if (nnz == f && P::kSortPairs) {
-      // No two products share a column (common for random matrices): C_i is the products themselves,
-      // sorted by column; no accumulator. 0 + p keeps scipy's sign of zero.
-      if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
-      if (ws.vals.size() < static_cast<size_t>(f) + 8) ws.vals.resize(static_cast<size_t>(f) + 8);
-      I* keys = ws.keys.data();
-      V* vals = ws.vals.data();
-      int64_t n = 0;
-      for (int64_t t = s; t < e; ++t) {
-        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-        const I k = aj[t];
-        const V av = ax[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
-          keys[n] = bj[u];
-          vals[n] = V(0) + product(av, bx[u]);
-        }
-      }
-      P::sort_pairs_into(keys, vals, n, cj + out, cx + out);
-    } else if (cols <= kDenseListMaxCols && penalty < 16) {
-      // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
-      // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
-      // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
-      const Stamp stamp = ws.next_stamp(cols);
-      Stamp* mark = ws.mark.data();
-      if (ws.list_acc.size() < static_cast<size_t>(cols)) ws.list_acc.resize(static_cast<size_t>(cols));
-      V* acc = ws.list_acc.data();
-      I* oj = cj + out;
-      V* ox = cx + out;
-      if (ws.keys.size() < static_cast<size_t>(f) + 8) ws.keys.resize(static_cast<size_t>(f) + 8);
-      I* list = ws.keys.data();
-      int64_t n = 0;
-      for (int64_t t = s; t < e; ++t) {
-        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-        const I k = aj[t];
-        const V av = ax[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-          const I j = bj[u];
-          const bool fresh = mark[j] != stamp;
-          const V old = fresh ? V(0) : acc[j];
-          acc[j] = old + product(av, bx[u]);
-          mark[j] = stamp;
-          list[n] = j;
-          n += fresh;
-        }
-      }
-      // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
-      // with the order-preserving hash below; after a run of such rows, later rows go there, with a
-      // retry every 256 rows. Either path gives identical output.
-      penalty = P::sort_into(list, n, oj) ? std::max(0, penalty - 1) : penalty + 8;
-      for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
-    } else {
-      if (++hash_rows % 256 == 0) penalty = 0;
-      // Order-preserving hash: slot = (j - lo) * size / span, linear probing into an overflow tail
-      // (no wrap-around). The occupied slots then hold the keys in nearly sorted order (an inversion only
-      // inside a probe cluster), so a short insertion sort finishes the row; std::sort if it is not short.
-      const uint64_t size = 2 * static_cast<uint64_t>(nnz);
-      const uint64_t span = static_cast<uint64_t>(whi - wlo + 1);
-      const uint64_t mul = (size << 32) / span;  // slot = ((j - lo) * mul) >> 32 < size
-      const size_t len = static_cast<size_t>(size + nnz + 1);
-      ws.ensure_hash(len, true);
-      I* keys = ws.keys.data();
-      V* vals = ws.vals.data();
-      std::fill(keys, keys + len, I(-1));
-      for (int64_t t = s; t < e; ++t) {
-        prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-        const I k = aj[t];
-        const V av = ax[t];
-        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-          const I j = bj[u];
-          const V p = product(av, bx[u]);
-          uint64_t h = static_cast<uint64_t>((static_cast<unsigned __int128>(static_cast<uint64_t>(j - wlo)) * mul) >> 32);
-          for (;;) {
-            const I key = keys[h];
-            if (key == j) {
-              vals[h] += p;
-              break;
-            }
-            if (key < 0) {
-              keys[h] = j;
-              vals[h] = p;
-              break;
-            }
-            ++h;
-          }
-        }
-      }
-      // Compact (branch-free) into the output row, which has room for exactly nnz entries.
-      I* oj = cj + out;
-      V* ox = cx + out;
-      int64_t n = 0;
-      for (size_t h = 0; n < nnz; ++h) {  // n < nnz on every write: an empty slot's write is overwritten
-        const I key = keys[h];
-        oj[n] = key;
-        ox[n] = vals[h];
-        n += key >= 0;
-      }
-      sort_pairs_nearly_sorted(oj, ox, n);
-    }
-  }
-}
-
 // The portable pieces; an ISA policy overrides what it can do faster.
 struct ScalarPolicy {
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
@@ -443,6 +218,13 @@ struct ScalarPolicy {
   static bool sort_into(I* list, int64_t n, I* out) {
     std::memcpy(out, list, static_cast<size_t>(n) * sizeof(I));
     return sort_keys_nearly_sorted(out, n);
+  }
+  // oj[0..n) = list[0..n) sorted, ox[q] = acc[oj[q]]; false when it was expensive (as sort_into).
+  template <typename I, typename V>
+  static bool sort_gather(I* list, int64_t n, const V* acc, I* oj, V* ox) {
+    const bool cheap = sort_into(list, n, oj);
+    for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
+    return cheap;
   }
   template <typename V>
   static void scale(V a, const V* x, int64_t n, V* y) {
@@ -474,31 +256,382 @@ struct ScalarPolicy {
   }
 };
 
+// The row kernels of one part (a contiguous row range on one thread): operands, workspace, and the
+// adaptive path choice carried from row to row.
+template <class P, typename V, typename I>
+class RowEngine {
+ public:
+  RowEngine(const CsrRef<V, I>& a, const CsrRef<V, I>& b)
+      : ap_(a.indptr), aj_(a.indices), ax_(a.data), bp_(b.indptr), bj_(b.indices), bx_(b.data),
+        nnz_a_(a.indptr[a.rows]), cols_(b.cols) {}
+
+  // Number of distinct columns of row i of C (the symbolic pass); f = flop[i].
+  int64_t count(int64_t i, int64_t f) {
+    const I* ap = ap_;
+    const I* aj = aj_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    const int64_t s = ap[i], e = ap[i + 1];
+    if (f == 0 || e - s == 1) return f;  // empty, or one row of B: distinct by the CSR contract
+    int64_t count = 0;
+    if (cols <= kDenseListMaxCols) {
+      // A stamp per column (the row's number): a column is new iff its stamp is not this row's. Nothing
+      // to clear between rows.
+      const Stamp stamp = ws_.next_stamp(cols);
+      Stamp* mark = ws_.mark.data();
+      for (int64_t t = s; t < e && count < cols; ++t) {  // every column seen: the rest cannot add any
+        prefetch_b_row<I, V>(aj, t + kPrefetchAhead, nnz_a, bp, bj, nullptr);
+        const I k = aj[t];
+        for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+          const I j = bj[u];
+          count += mark[j] != stamp;
+          mark[j] = stamp;
+        }
+      }
+      return count;
+    }
+    const int bits = log2_pow2_at_least(2 * static_cast<uint64_t>(std::min(f, cols)));
+    const uint64_t size = uint64_t{1} << bits, mask = size - 1;
+    const int shift = 64 - bits;
+    ws_.ensure_hash(size, false);
+    I* keys = ws_.keys.data();
+    std::fill(keys, keys + size, I(-1));
+    for (int64_t t = s; t < e; ++t) {
+      const I k = aj[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        uint64_t h = slot_of(j, shift);
+        for (;;) {
+          const I key = keys[h];
+          if (key == j) break;
+          if (key < 0) {
+            keys[h] = j;
+            ++count;
+            break;
+          }
+          h = (h + 1) & mask;
+        }
+      }
+    }
+    return count;
+  }
+
+  // Writes row i of C, columns sorted, to oj/ox and returns its length; writes nothing past it.
+  // `known` is the length from the symbolic pass, or -1 when the row is computed without one (fused):
+  // the paths that rely on it are then skipped.
+  int64_t compute(int64_t i, int64_t f, int64_t known, I* oj, V* ox) {
+    const int64_t s = ap_[i], e = ap_[i + 1];
+    if (f == 0) return 0;
+    if (e - s == 1) {
+      const int64_t u0 = bp_[aj_[s]];
+      std::memcpy(oj, bj_ + u0, static_cast<size_t>(f) * sizeof(I));
+      P::scale(ax_[s], bx_ + u0, f, ox);
+      return f;
+    }
+    // The span costs a load per term of A_i; only rows with many products can amortise the scan, so
+    // smaller rows skip it, and rows with f * kSpanPerFlop >= cols scan all columns without it.
+    int64_t wlo = 0, whi = cols_ - 1;
+    bool dense_span = f * kSpanPerFlop >= cols_;
+    if (!dense_span && f >= kSpanMinFlops) {
+      column_span(ap_, aj_, bp_, bj_, s, e, &wlo, &whi);
+      dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
+    }
+    if (dense_span && known == whi - wlo + 1) return dense_full(s, e, wlo, known, oj, ox);
+    if (dense_span) return dense_flags(s, e, wlo, whi, oj, ox);
+    if (known == f && P::kSortPairs) return distinct_pairs(s, e, f, oj, ox);
+    if (cols_ <= kDenseListMaxCols && penalty_ < 16) return dense_list(s, e, f, oj, ox);
+    if (++hash_rows_ % 256 == 0) penalty_ = 0;
+    return hashed(s, e, known >= 0 ? known : std::min(f, whi - wlo + 1), wlo, whi, oj, ox);
+  }
+
+ private:
+  const I* ap_;
+  const I* aj_;
+  const V* ax_;
+  const I* bp_;
+  const I* bj_;
+  const V* bx_;
+  int64_t nnz_a_, cols_;
+  RowWorkspace<V, I> ws_;
+  int penalty_ = 0;
+  int64_t hash_rows_ = 0;
+
+  // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
+  int64_t dense_full(int64_t s, int64_t e, int64_t wlo, int64_t nnz, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    ws_.ensure_dense(cols, true);
+    V* acc = ws_.acc.data();
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) acc[bj[u]] += product(av, bx[u]);
+    }
+    for (int64_t q = 0; q < nnz; ++q) {
+      oj[q] = static_cast<I>(wlo + q);
+      ox[q] = acc[wlo + q];
+      acc[wlo + q] = V(0);
+    }
+    return nnz;
+  }
+
+  int64_t dense_flags(int64_t s, int64_t e, int64_t wlo, int64_t whi, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    uint8_t* flags = ws_.ensure_dense(cols, true);
+    V* acc = ws_.acc.data();
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        acc[j] += product(av, bx[u]);
+        flags[j] = 1;
+      }
+    }
+    return P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
+  }
+
+  // No two products share a column (common for random matrices): C_i is the products themselves,
+  // sorted by column; no accumulator. 0 + p keeps scipy's sign of zero.
+  int64_t distinct_pairs(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_;
+    if (ws_.keys.size() < static_cast<size_t>(f) + 8) ws_.keys.resize(static_cast<size_t>(f) + 8);
+    if (ws_.vals.size() < static_cast<size_t>(f) + 8) ws_.vals.resize(static_cast<size_t>(f) + 8);
+    I* keys = ws_.keys.data();
+    V* vals = ws_.vals.data();
+    int64_t n = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+        keys[n] = bj[u];
+        vals[n] = V(0) + product(av, bx[u]);
+      }
+    }
+    P::sort_pairs_into(keys, vals, n, oj, ox);
+    return n;
+  }
+
+  // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
+  // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
+  // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
+  int64_t dense_list(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_, cols = cols_;
+    const Stamp stamp = ws_.next_stamp(cols);
+    Stamp* mark = ws_.mark.data();
+    if (ws_.list_acc.size() < static_cast<size_t>(cols)) ws_.list_acc.resize(static_cast<size_t>(cols));
+    V* acc = ws_.list_acc.data();
+    if (ws_.keys.size() < static_cast<size_t>(f) + 8) ws_.keys.resize(static_cast<size_t>(f) + 8);
+    I* list = ws_.keys.data();
+    int64_t n = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        const V p = product(av, bx[u]);
+        // A branch, not a branch-free select: one store per repeat product instead of three (stamp, value,
+        // list), and the pattern repeats from row to row in stencil/FEM matrices (and is nearly always
+        // "new" for random ones), so it predicts well: 10% faster on Poisson, 2-3% on Erdős–Rényi.
+        if (mark[j] != stamp) {
+          mark[j] = stamp;
+          acc[j] = V(0) + p;
+          list[n++] = j;
+        } else {
+          acc[j] += p;
+        }
+      }
+    }
+    // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
+    // with the order-preserving hash below; after a run of such rows, later rows go there, with a
+    // retry every 256 rows. Either path gives identical output.
+    penalty_ = P::sort_gather(list, n, acc, oj, ox) ? std::max(0, penalty_ - 1) : penalty_ + 8;
+    return n;
+  }
+
+  // Order-preserving hash: slot = (j - lo) * size / span, linear probing into an overflow tail (no
+  // wrap-around). The occupied slots then hold the keys in nearly sorted order (an inversion only inside
+  // a probe cluster), so a short insertion sort finishes the row; std::sort if it is not short.
+  // `bound` >= the row's length sizes the table.
+  int64_t hashed(int64_t s, int64_t e, int64_t bound, int64_t wlo, int64_t whi, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_;
+    const uint64_t size = 2 * static_cast<uint64_t>(bound);
+    const uint64_t span = static_cast<uint64_t>(whi - wlo + 1);
+    const uint64_t mul = (size << 32) / span;  // slot = ((j - lo) * mul) >> 32 < size
+    const size_t len = static_cast<size_t>(size + bound + 1);
+    ws_.ensure_hash(len, true);
+    I* keys = ws_.keys.data();
+    V* vals = ws_.vals.data();
+    std::fill(keys, keys + len, I(-1));
+    int64_t count = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
+        const I j = bj[u];
+        const V p = product(av, bx[u]);
+        uint64_t h = static_cast<uint64_t>((static_cast<unsigned __int128>(static_cast<uint64_t>(j - wlo)) * mul) >> 32);
+        for (;;) {
+          const I key = keys[h];
+          if (key == j) {
+            vals[h] += p;
+            break;
+          }
+          if (key < 0) {
+            keys[h] = j;
+            vals[h] = p;
+            ++count;
+            break;
+          }
+          ++h;
+        }
+      }
+    }
+    // Compact branch-free (a half-empty table mispredicts a branch per slot: R-MAT was 20% slower);
+    // n < count on every write, so nothing lands past the row.
+    int64_t n = 0;
+    for (size_t h = 0; n < count; ++h) {
+      const I key = keys[h];
+      oj[n] = key;
+      ox[n] = vals[h];
+      n += key >= 0;
+    }
+    sort_pairs_nearly_sorted(oj, ox, n);
+    return n;
+  }
+};
+
+// Fused pass over rows [r0, r1) (one part): each row is computed once into the part's buffer, while
+// the buffer can grow within the call's budget; rows are counted only (symbolic; computed again by
+// numeric_rows once C is allocated) after the budget runs out, and for rows with far more products than
+// columns, whose count stops early once the row has every column (dense rows such as X·Xᵀ).
+constexpr int64_t kDeferFlopPerCol = 8;
+template <class P, typename V, typename I>
+void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0, int64_t r1,
+                I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
+  RowEngine<P, V, I> eng(a, b);
+  const int64_t cols = b.cols;
+  const I* ap = a.indptr;
+  const I* aj = a.indices;
+  const I* bp = b.indptr;
+  bool fuse = part->chunks_left != nullptr;
+  for (int64_t i = r0; i < r1; ++i) {
+    int64_t f = 0;
+    for (int64_t t = ap[i], te = ap[i + 1]; t < te; ++t) f += static_cast<int64_t>(bp[aj[t] + 1]) - bp[aj[t]];
+    flop[i] = f;
+    if (f == 0) {
+      counts[i] = 0;
+      fused[i] = 1;
+      continue;
+    }
+    if (fuse && f < kDeferFlopPerCol * cols) {
+      if (part->place(std::min(f, cols))) {
+        void* c = part->chunks.back();
+        const int64_t u = part->used;
+        const int64_t n = eng.compute(i, f, -1, SpgemmPart<V, I>::cols_of(c) + u, SpgemmPart<V, I>::vals_of(c) + u);
+        part->used = u + n;
+        counts[i] = static_cast<I>(n);
+        fused[i] = 1;
+        continue;
+      }
+      fuse = false;
+    }
+    counts[i] = static_cast<I>(eng.count(i, f));
+    fused[i] = 0;
+  }
+}
+
+// Numeric pass over rows [r0, r1) of C, allocated: fused rows are copied from the part's buffer (runs of
+// consecutive rows at once), the others computed into place.
+template <class P, typename V, typename I>
+void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, int64_t r1,
+                  const I* cp, I* cj, V* cx, const uint8_t* fused, const SpgemmPart<V, I>* part) {
+  using Part = SpgemmPart<V, I>;
+  RowEngine<P, V, I> eng(a, b);
+  const int64_t cols = b.cols;
+  // Replays fused_rows' placement: chunk `c`, offset `used`; a run of rows [run0, i) sits contiguously
+  // at chunk c from run_from.
+  int64_t c = -1, used = 0, run0 = -1, run_from = 0;
+  auto flush = [&](int64_t end) {
+    if (run0 < 0) return;
+    const size_t len = static_cast<size_t>(static_cast<int64_t>(cp[end]) - cp[run0]);
+    void* chunk = part->chunks[static_cast<size_t>(c)];
+    std::memcpy(cj + cp[run0], Part::cols_of(chunk) + run_from, len * sizeof(I));
+    std::memcpy(cx + cp[run0], Part::vals_of(chunk) + run_from, len * sizeof(V));
+    run0 = -1;
+  };
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t nnz = static_cast<int64_t>(cp[i + 1]) - cp[i];
+    if (fused != nullptr && fused[i]) {
+      if (nnz == 0) continue;
+      if (c < 0 || used + std::min(flop[i], cols) > Part::kEntries) {
+        flush(i);
+        ++c, used = 0;
+      }
+      if (run0 < 0) run0 = i, run_from = used;
+      used += nnz;
+      continue;
+    }
+    flush(i);
+    if (nnz != 0) eng.compute(i, flop[i], nnz, cj + cp[i], cx + cp[i]);
+  }
+  flush(r1);
+}
+
 }  // namespace
 }  // namespace sparseforge
 
 // Defines and instantiates one ISA's entry points from the row templates above; each ISA's .cc file
 // expands it once, so the same templates are compiled with that file's flags.
 #define SPARSEFORGE_SPGEMM_DEFINE(suffix, Policy)                                                             \
-  template <typename I>                                                                                        \
-  void spgemm_symbolic_##suffix(const CsrRef<void, I>& a, const CsrRef<void, I>& b, const int64_t* flop,      \
-                                int64_t r0, int64_t r1, I* counts) {                                           \
-    symbolic_rows<Policy, I>(a, b, flop, r0, r1, counts);                                                      \
+  template <typename V, typename I>                                                                            \
+  void spgemm_fused_##suffix(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0,         \
+                             int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {                  \
+    fused_rows<Policy, V, I>(a, b, flop, r0, r1, counts, fused, part);                                         \
   }                                                                                                            \
   template <typename V, typename I>                                                                            \
   void spgemm_numeric_##suffix(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, \
-                               int64_t r1, const I* cp, I* cj, V* cx) {                                        \
-    numeric_rows<Policy, V, I>(a, b, flop, r0, r1, cp, cj, cx);                                                \
+                               int64_t r1, const I* cp, I* cj, V* cx, const uint8_t* fused,                    \
+                               const SpgemmPart<V, I>* part) {                                                 \
+    numeric_rows<Policy, V, I>(a, b, flop, r0, r1, cp, cj, cx, fused, part);                                   \
   }                                                                                                            \
-  template void spgemm_symbolic_##suffix<int32_t>(const CsrRef<void, int32_t>&, const CsrRef<void, int32_t>&,  \
-                                                  const int64_t*, int64_t, int64_t, int32_t*);                 \
-  template void spgemm_symbolic_##suffix<int64_t>(const CsrRef<void, int64_t>&, const CsrRef<void, int64_t>&,  \
-                                                  const int64_t*, int64_t, int64_t, int64_t*);                 \
-  template void spgemm_numeric_##suffix<float, int32_t>(const CsrRef<float, int32_t>&,                         \
-      const CsrRef<float, int32_t>&, const int64_t*, int64_t, int64_t, const int32_t*, int32_t*, float*);      \
-  template void spgemm_numeric_##suffix<float, int64_t>(const CsrRef<float, int64_t>&,                         \
-      const CsrRef<float, int64_t>&, const int64_t*, int64_t, int64_t, const int64_t*, int64_t*, float*);      \
-  template void spgemm_numeric_##suffix<double, int32_t>(const CsrRef<double, int32_t>&,                       \
-      const CsrRef<double, int32_t>&, const int64_t*, int64_t, int64_t, const int32_t*, int32_t*, double*);    \
-  template void spgemm_numeric_##suffix<double, int64_t>(const CsrRef<double, int64_t>&,                       \
-      const CsrRef<double, int64_t>&, const int64_t*, int64_t, int64_t, const int64_t*, int64_t*, double*);
+  SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, float, int32_t)                                                       \
+  SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, float, int64_t)                                                       \
+  SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, double, int32_t)                                                      \
+  SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, double, int64_t)
+#define SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, V, I)                                                          \
+  template void spgemm_fused_##suffix<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, int64_t*, int64_t,       \
+                                            int64_t, I*, uint8_t*, SpgemmPart<V, I>*);                         \
+  template void spgemm_numeric_##suffix<V, I>(const CsrRef<V, I>&, const CsrRef<V, I>&, const int64_t*,       \
+                                              int64_t, int64_t, const I*, I*, V*, const uint8_t*,              \
+                                              const SpgemmPart<V, I>*);

@@ -70,6 +70,39 @@ struct Avx2Policy {
   }
   static bool sort_into(int64_t* list, int64_t n, int64_t* out) { return ScalarPolicy::sort_into(list, n, out); }
 
+  // The rank sort storing each key's value with it: the value loads (acc[key]) do not wait for the sort,
+  // where sorting first and then gathering acc[oj[q]] put both on the row's critical path (measured:
+  // dropping either the sort or the gather saved the same 1.7 ms of 11 on Poisson 2-D).
+  template <typename V>
+  static bool sort_gather(int32_t* list, int64_t n, const V* acc, int32_t* oj, V* ox) {
+    if (n < 8 || n > kRankSortMax) return ScalarPolicy::sort_gather(list, n, acc, oj, ox);
+    const int64_t n8 = (n + 7) & ~int64_t{7};
+    for (int64_t q = n; q < n8; ++q) list[q] = INT32_MAX;  // the list has 8 slots of slack
+    alignas(32) int32_t rank[8];
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(list + i));
+      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
+      int64_t jj = 0;
+      for (; jj + 2 <= n; jj += 2) {
+        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
+        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj + 1])));
+      }
+      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
+      const int64_t lanes = std::min<int64_t>(8, n - i);
+      for (int64_t q = 0; q < lanes; ++q) {
+        const int32_t key = list[i + q];
+        oj[rank[q]] = key;
+        ox[rank[q]] = acc[key];
+      }
+    }
+    return true;
+  }
+  template <typename V>
+  static bool sort_gather(int64_t* list, int64_t n, const V* acc, int64_t* oj, V* ox) {
+    return ScalarPolicy::sort_gather(list, n, acc, oj, ox);
+  }
+
   // The same rank sort carrying a value per key (unique keys; the key array has 8 slots of slack).
   static constexpr bool kSortPairs = true;
   template <typename V>

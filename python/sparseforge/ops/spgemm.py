@@ -1,8 +1,9 @@
 """Sparse x sparse matrix product: ``spgemm(a, b) = a @ b`` for CSR inputs.
 
-Row-wise (Gustavson) with per-row hash or dense accumulators, a symbolic pass that sizes the output
-exactly and a numeric pass, on ``sparseforge._C.num_threads()`` threads with rows balanced by their
-partial-product count (see ``csrc/kernels/spgemm/README.md``).
+Row-wise (Gustavson) with per-row hash, dense or sorted-list accumulators. A first pass computes each
+row once into pooled buffers (up to 64 MiB per call, ``SPARSEFORGE_SPGEMM_FUSE_MB``) and counts the rest,
+which sizes the output exactly; a second pass copies the buffered rows into it and computes the others.
+Runs on ``sparseforge._C.num_threads()`` threads (see ``csrc/kernels/spgemm/README.md``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def spgemm(a, b, *, drop_zeros: bool = False):
         ``C`` ``[m, n]`` of the input kind (``csr_array`` for ``csr_array`` input), values of the input dtype,
         with **sorted, unique column indices in every row** and exactly nnz(C) stored entries. scipy's own
         ``a @ b`` leaves column indices unsorted and drops entries that cancel to exactly 0.0; here such
-        entries are kept (the structural product, allocated exactly by the symbolic pass) unless
+        entries are kept (the structural product, allocated exactly after the first pass) unless
         ``drop_zeros=True``, which removes them afterwards (one extra pass and a copy of the kept
         entries) and then matches scipy's structure exactly. Every value is summed in the order of a's
         row, as scipy does, so values are bit-identical to scipy's.
