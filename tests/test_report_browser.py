@@ -74,6 +74,12 @@ def test_report_screenshot_is_a_real_render(report, tmp_path):
     def near(rgb):  # pixels of one matplotlib default colour: the plots' markers and bars were drawn
         return int((np.abs(px - np.array(rgb)).sum(-1) < 40).sum())
 
-    for name, rgb in {"C0 blue": (31, 119, 180), "C1 orange": (255, 127, 14), "C2 green": (44, 160, 44)}.items():
-        assert near(rgb) > 100, f"{shot}: too few {name} pixels; the plots did not render"
+    # Which series get which colour, and how big their bars are, depends on the measured numbers (a
+    # speedup near 1x draws a sliver on the log axis): ask for the plots' colours, not for each one.
+    colours = {"C0 blue": (31, 119, 180), "C1 orange": (255, 127, 14), "C2 green": (44, 160, 44),
+               "C3 red": (214, 39, 40)}
+    counts = {name: near(rgb) for name, rgb in colours.items()}
+    assert counts["C0 blue"] > 100, f"{shot}: the first series is missing ({counts}); the plots did not render"
+    assert sum(c > 100 for c in counts.values()) >= 2 and sum(counts.values()) > 1000, \
+        f"{shot}: too few plot colours ({counts}); the plots did not render"
     assert near((246, 246, 246)) > 10000, f"{shot}: the table's grey box is missing"
