@@ -147,6 +147,7 @@ def main(argv=None):
                     help="keep BatchNorm separate in both models (by default both are folded, as any deployment does)")
     ap.add_argument("--finetune-steps", type=int, default=0,
                     help="gradual pruning with distillation for this many steps (default 0: one-shot pruning)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the distillation steps")
     ap.add_argument("--sparsities", default="0.7,0.8,0.9")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "efficientnet_lite0_sparse.json"))
     args = ap.parse_args(argv)
@@ -166,7 +167,7 @@ def main(argv=None):
         if args.finetune_steps:
             if not args.fold_bn:
                 ap.error("--finetune-steps exports through the plugin, which folds BatchNorm: drop --no-fold-bn")
-            m = distill_prune(unfolded, s, args.finetune_steps, pool)
+            m = distill_prune(unfolded, s, args.finetune_steps, pool, lr=args.lr)
             n = sum(is_eligible_conv(mod) or isinstance(mod, SparseConv2d) for mod in m.modules())
         else:
             m = copy.deepcopy(unfolded)
