@@ -43,29 +43,37 @@ inline void emit_run32(int64_t base, V* acc, I* oj, V* ox) {
   }
 }
 
+// The rank sort shared by the three entry points below: for a block of 8 keys, count with 8-lane compares
+// how many keys are smaller than each (n*n/8 compares in all), then hand every key's rank to `store(rank,
+// i)`, which writes key i (and whatever travels with it) to that rank. No data-dependent branches, so
+// random keys cost the same as sorted ones. `keys` has 8 slots of slack past n (padded with INT32_MAX).
+template <typename Store>
+__attribute__((always_inline)) inline void rank_sort(int32_t* keys, int64_t n, Store store) {
+  const int64_t n8 = (n + 7) & ~int64_t{7};
+  for (int64_t q = n; q < n8; ++q) keys[q] = INT32_MAX;
+  alignas(32) int32_t rank[8];
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
+    __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
+    int64_t jj = 0;
+    for (; jj + 2 <= n; jj += 2) {
+      r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
+      r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj + 1])));
+    }
+    if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
+    const int64_t lanes = std::min<int64_t>(8, n - i);
+    for (int64_t q = 0; q < lanes; ++q) store(rank[q], i + q);
+  }
+}
+
 struct Avx2Policy {
-  // int32 keys, up to kRankSortMax of them: rank sort, branch-free. For a block of 8 keys, count with
-  // 8-lane compares how many keys are smaller than each (n*n/8 compares in all), then scatter every key
-  // to its rank. No data-dependent branches, so random keys cost the same as sorted ones.
+  // int32 keys, up to kRankSortMax of them: the branch-free rank sort above (its n*n/8 compares stop
+  // paying beyond that; longer rows take the scalar sort).
   static constexpr int64_t kRankSortMax = 160;
   static bool sort_into(int32_t* list, int64_t n, int32_t* out) {
     if (n < 8 || n > kRankSortMax) return ScalarPolicy::sort_into(list, n, out);
-    const int64_t n8 = (n + 7) & ~int64_t{7};
-    for (int64_t q = n; q < n8; ++q) list[q] = INT32_MAX;  // the list has 8 slots of slack
-    alignas(32) int32_t rank[8];
-    for (int64_t i = 0; i < n8; i += 8) {
-      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(list + i));
-      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
-      int64_t jj = 0;
-      for (; jj + 2 <= n; jj += 2) {
-        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
-        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj + 1])));
-      }
-      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
-      const int64_t lanes = std::min<int64_t>(8, n - i);
-      for (int64_t q = 0; q < lanes; ++q) out[rank[q]] = list[i + q];
-    }
+    rank_sort(list, n, [&](int32_t r, int64_t i) { out[r] = list[i]; });
     return true;
   }
   static bool sort_into(int64_t* list, int64_t n, int64_t* out) { return ScalarPolicy::sort_into(list, n, out); }
@@ -76,26 +84,11 @@ struct Avx2Policy {
   template <typename V>
   static bool sort_gather(int32_t* list, int64_t n, const V* acc, int32_t* oj, V* ox) {
     if (n < 8 || n > kRankSortMax) return ScalarPolicy::sort_gather(list, n, acc, oj, ox);
-    const int64_t n8 = (n + 7) & ~int64_t{7};
-    for (int64_t q = n; q < n8; ++q) list[q] = INT32_MAX;  // the list has 8 slots of slack
-    alignas(32) int32_t rank[8];
-    for (int64_t i = 0; i < n8; i += 8) {
-      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(list + i));
-      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
-      int64_t jj = 0;
-      for (; jj + 2 <= n; jj += 2) {
-        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
-        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj + 1])));
-      }
-      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(list[jj])));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
-      const int64_t lanes = std::min<int64_t>(8, n - i);
-      for (int64_t q = 0; q < lanes; ++q) {
-        const int32_t key = list[i + q];
-        oj[rank[q]] = key;
-        ox[rank[q]] = acc[key];
-      }
-    }
+    rank_sort(list, n, [&](int32_t r, int64_t i) {
+      const int32_t key = list[i];
+      oj[r] = key;
+      ox[r] = acc[key];
+    });
     return true;
   }
   template <typename V>
@@ -108,25 +101,10 @@ struct Avx2Policy {
   template <typename V>
   static void sort_pairs_into(int32_t* keys, V* vals, int64_t n, int32_t* oj, V* ox) {
     if (n > kRankSortMax) return ScalarPolicy::sort_pairs_into(keys, vals, n, oj, ox);
-    const int64_t n8 = (n + 7) & ~int64_t{7};
-    for (int64_t q = n; q < n8; ++q) keys[q] = INT32_MAX;
-    alignas(32) int32_t rank[8];
-    for (int64_t i = 0; i < n; i += 8) {
-      const __m256i ki = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
-      __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
-      int64_t jj = 0;
-      for (; jj + 2 <= n; jj += 2) {
-        r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
-        r1 = _mm256_sub_epi32(r1, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj + 1])));
-      }
-      if (jj < n) r0 = _mm256_sub_epi32(r0, _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(keys[jj])));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(rank), _mm256_add_epi32(r0, r1));
-      const int64_t lanes = std::min<int64_t>(8, n - i);
-      for (int64_t q = 0; q < lanes; ++q) {
-        oj[rank[q]] = keys[i + q];
-        ox[rank[q]] = vals[i + q];
-      }
-    }
+    rank_sort(keys, n, [&](int32_t r, int64_t i) {
+      oj[r] = keys[i];
+      ox[r] = vals[i];
+    });
   }
   template <typename V>
   static void sort_pairs_into(int64_t* keys, V* vals, int64_t n, int64_t* oj, V* ox) {
