@@ -32,8 +32,9 @@ import torch
 import torch.nn as nn
 
 from sparseforge.attention import SparseAttention
+from sparseforge.attention.method import AttentionMethod
 from sparseforge.config import Config, ConfigError, param
-from sparseforge.registry import Method, Paper
+from sparseforge.registry import Paper
 
 __all__ = ["BlasstConfig", "Blasst", "BlasstLayer", "tile_gaps", "tile_gaps_phases", "block_gaps", "skip_fraction", "fit_scale_factor"]
 
@@ -192,23 +193,15 @@ class BlasstLayer(SparseAttention):
         return out
 
 
-class Blasst(Method):
+class Blasst(AttentionMethod):
     name = "blasst"
     paper = Paper("BLASST: Dynamic BLocked Attention Sparsity via Softmax Thresholding", 2025, "2512.12087")
-    kind = "attention"
-    kernel = "block_attention"
     Config = BlasstConfig
     summary = ("Skip a key block when exp(block max - running max) < λ for every row of the query tile, "
                "λ = scale_factor / L_kv, scale factor calibrated per model and phase (prefill, decode).")
-    stage = "post_training"
-    needs_targets = False
-    reapply_on_load = True
 
-    def apply(self, model: nn.Module, targets) -> nn.Module:
-        from sparseforge.attention import install
-
-        install(model, lambda idx, mod: BlasstLayer(idx, self.config))
-        return model
+    def make_layer(self, layer_idx, module, model):
+        return BlasstLayer(layer_idx, self.config)
 
     @torch.no_grad()
     def calibrate(self, input_ids, *, lengths=(256, 512, 1024), grid=None, forward=None) -> dict:

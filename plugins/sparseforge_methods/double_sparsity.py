@@ -29,11 +29,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 from sparseforge.attention import SparseAttention
+from sparseforge.attention.method import AttentionMethod
 from sparseforge.config import Config, param
-from sparseforge.registry import Method, Paper
+from sparseforge.registry import Paper
 
 __all__ = ["DoubleSparsityConfig", "DoubleSparsity", "DoubleSparsityLayer", "label_topk_attention",
            "pseudo_quantize", "KINDS"]
@@ -168,27 +168,20 @@ class DoubleSparsityLayer(SparseAttention):
         return out
 
 
-class DoubleSparsity(Method):
+class DoubleSparsity(AttentionMethod):
     name = "double_sparsity"
     paper = Paper("Post-Training Sparse Attention with Double Sparsity", 2024, "2408.07092",
                   "https://github.com/andy-yang-1/DoubleSparse")
-    kind = "attention"
-    kernel = "block_attention"  # sparseforge.ops.double_sparsity_decode lives in csrc/kernels/block_attention
+    # kernel "block_attention" (the base's): sparseforge.ops.double_sparsity_decode lives in that folder
     Config = DoubleSparsityConfig
     summary = ("Decode attention over the top-k tokens found with a label cache of a few offline-calibrated "
                "outlier channels (q, k or q⊙k statistics); layers 0-1 and prefill dense.")
-    stage = "post_training"
-    needs_targets = False
-    reapply_on_load = True
 
-    def apply(self, model: nn.Module, targets) -> nn.Module:
-        from sparseforge.attention import install
-
+    def make_layer(self, layer_idx, module, model):
         cfg = model.config
         hkv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        install(model, lambda idx, mod: DoubleSparsityLayer(idx, self.config, hkv, d))
-        return model
+        return DoubleSparsityLayer(layer_idx, self.config, hkv, d)
 
     @torch.no_grad()
     def calibrate(self, input_ids, *, forward=None) -> None:

@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 from sparseforge.attention import SparseAttention
+from sparseforge.attention.method import AttentionMethod
 from sparseforge.attention.blocks import pooled_block_scores, sink_local_keep, visible_blocks
 from sparseforge.config import Config, param
-from sparseforge.registry import Method, Paper
+from sparseforge.registry import Paper
 
 __all__ = ["S2OConfig", "S2O", "S2OLayer", "s2o_order", "early_stop_counts"]
 
@@ -119,21 +119,13 @@ class S2OLayer(SparseAttention):
         return out
 
 
-class S2O(Method):
+class S2O(AttentionMethod):
     name = "s2o"
     paper = Paper("S2O: Early Stopping for Sparse Attention via Online Permutation", 2026, "2602.22575")
-    kind = "attention"
-    kernel = "block_attention"
     Config = S2OConfig
     summary = ("Visit key blocks in the order of a mean-pooled-query estimate (sink and local first) and stop "
                "the online softmax when a block's exp(max - running max) < τ for every row.")
-    stage = "post_training"
-    needs_targets = False
-    reapply_on_load = True
 
-    def apply(self, model: nn.Module, targets) -> nn.Module:
-        from sparseforge.attention import install
-
-        install(model, lambda idx, mod: S2OLayer(idx, self.config))
-        return model
+    def make_layer(self, layer_idx, module, model):
+        return S2OLayer(layer_idx, self.config)
 

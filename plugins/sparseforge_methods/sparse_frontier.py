@@ -29,12 +29,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
 from sparseforge.attention import SparseAttention
+from sparseforge.attention.method import AttentionMethod
 from sparseforge.attention.blocks import mask_from_keep, pooled_block_scores, sink_local_keep, topk_keep, visible_blocks
 from sparseforge.config import Config, param
-from sparseforge.registry import Method, Paper
+from sparseforge.registry import Paper
 
 __all__ = ["SparseFrontierConfig", "SparseFrontier", "SparseFrontierLayer", "vertical_slash_keep",
            "block_sparse_keep", "quest_pages", "quest_per_query"]
@@ -189,21 +189,13 @@ class SparseFrontierLayer(SparseAttention):
         return out
 
 
-class SparseFrontier(Method):
+class SparseFrontier(AttentionMethod):
     name = "sparse_frontier"
     paper = Paper("The Sparse Frontier: Sparse Attention Trade-offs in Transformer LLMs", 2025, "2504.17768",
                   "https://github.com/PiotrNawrot/sparse-frontier")
-    kind = "attention"
-    kernel = "block_attention"
     Config = SparseFrontierConfig
     summary = ("The training-free patterns of the Sparse Frontier benchmark as block masks: vertical-and-slash "
                "and block top-k for prefill, Quest page selection for decode.")
-    stage = "post_training"
-    needs_targets = False
-    reapply_on_load = True
 
-    def apply(self, model: nn.Module, targets) -> nn.Module:
-        from sparseforge.attention import install
-
-        install(model, lambda idx, mod: SparseFrontierLayer(idx, self.config))
-        return model
+    def make_layer(self, layer_idx, module, model):
+        return SparseFrontierLayer(layer_idx, self.config)
