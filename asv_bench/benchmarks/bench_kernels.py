@@ -17,6 +17,20 @@ from sparseforge.backends import list_backends
 BACKENDS = ["cpu", "wasm"]
 
 
+class KernelSuite:
+    """One kernel on one backend, single-threaded on both sides (torch's anchor and ours), so a ratio
+    compares kernels, not thread counts; teardown restores sparseforge's default."""
+    timeout = 120
+
+    def use(self, backend):
+        self.k = kernels(backend)
+        torch.set_num_threads(1)
+        _C.set_num_threads(1)
+
+    def teardown(self, *args):
+        _C.set_num_threads(0)
+
+
 def kernels(backend):
     info = list_backends()[backend]
     if not info.available:
@@ -42,28 +56,22 @@ def ratio(dense_fn, sparse_fn, repeats=7):
     return float(np.median(r))
 
 
-class NmGemm:
+class NmGemm(KernelSuite):
     """2:4 Y = X W^T against torch.nn.functional.linear on the dense masked weight."""
     params = (BACKENDS, [(4096, 4096)], [1, 16])
     param_names = ["backend", "shape", "batch"]
-    timeout = 120
 
     def setup(self, backend, shape, batch):
         from sparseforge.formats import NMSparse
 
-        self.k = kernels(backend)
+        self.use(backend)
         torch.manual_seed(0)
-        torch.set_num_threads(1)
-        _C.set_num_threads(1)
         w = NMSparse.from_dense(torch.randn(*shape), 2, 4, prune=True)
         self.values, self.meta, self.dense_w = w.values.numpy(), w.meta.numpy(), w.to_dense()
         self.x = torch.randn(batch, shape[1])
         self.xn = self.x.numpy()
         self.out = np.empty((batch, shape[0]), np.float32)
         self.kdim = shape[1]
-
-    def teardown(self, *args):
-        _C.set_num_threads(0)
 
     def _sparse(self):
         self.k.nm_gemm(self.xn, self.values, self.meta, 2, 4, self.kdim, None, self.out)
@@ -77,18 +85,15 @@ class NmGemm:
     track_speedup_vs_dense.unit = "x"
 
 
-class SpmmConv:
+class SpmmConv(KernelSuite):
     """Sparse 1x1 convolution (CHW SpMM) against torch.nn.functional.conv2d, MobileNetV2 shapes."""
     params = (BACKENDS, [(256, 256, 28), (512, 512, 14)], [0.7, 0.9])
     param_names = ["backend", "cin_cout_hw", "sparsity"]
-    timeout = 120
 
     def setup(self, backend, shape, sparsity):
         from sparseforge.formats import SparseConvWeight
 
-        self.k = kernels(backend)
-        torch.set_num_threads(1)
-        _C.set_num_threads(1)
+        self.use(backend)
         c_in, c_out, hw = shape
         rng = np.random.default_rng(0)
         w = rng.standard_normal((c_out, c_in)).astype(np.float32)
@@ -98,9 +103,6 @@ class SpmmConv:
         self.xn = self.x.numpy().reshape(1, c_in, hw * hw)
         self.w4 = torch.from_numpy(w)[:, :, None, None]
         self.out = np.empty((1, c_out, hw * hw), np.float32)
-
-    def teardown(self, *args):
-        _C.set_num_threads(0)
 
     def _sparse(self):
         p = self.p
@@ -116,22 +118,17 @@ class SpmmConv:
     track_speedup_vs_dense.unit = "x"
 
 
-class SpGEMM:
+class SpGEMM(KernelSuite):
     """C = A.A for CSR A against scipy.sparse (A @ A)."""
     params = (BACKENDS, ["poisson2d", "erdos_renyi"])
     param_names = ["backend", "matrix"]
-    timeout = 120
 
     def setup(self, backend, matrix):
         from sparseforge.data import spgemm_matrices as mats
 
-        self.k = kernels(backend)
-        _C.set_num_threads(1)
+        self.use(backend)
         a, _ = mats.poisson2d(200) if matrix == "poisson2d" else mats.erdos_renyi(20000, 8)
         self.a = a  # canonical float64 CSR: sorted, unique int32 indices
-
-    def teardown(self, *args):
-        _C.set_num_threads(0)
 
     def _sparse(self):
         a = self.a
@@ -146,17 +143,14 @@ class SpGEMM:
     track_speedup_vs_scipy.unit = "x"
 
 
-class BlockAttention:
+class BlockAttention(KernelSuite):
     """Block-skip attention against torch SDPA (B=1, 8 heads, D=64, causal)."""
     params = (BACKENDS, [1024], ["dense", "block_mask_75"])
     param_names = ["backend", "length", "mode"]
-    timeout = 120
 
     def setup(self, backend, length, mode):
-        self.k = kernels(backend)
+        self.use(backend)
         torch.manual_seed(0)
-        torch.set_num_threads(1)
-        _C.set_num_threads(1)
         h, d, bs = 8, 64, 64
         self.q, self.kk, self.v = (torch.randn(1, h, length, d) for _ in range(3))
         self.out = np.empty((1, h, length, d), np.float32)
@@ -174,9 +168,6 @@ class BlockAttention:
             self.mask = (num, idx)
         self.mode_id = 0 if mode == "dense" else 2
         self.bs = bs
-
-    def teardown(self, *args):
-        _C.set_num_threads(0)
 
     def _sparse(self):
         num, idx = self.mask if self.mask else (None, None)
