@@ -9,10 +9,20 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "sparseforge/common.h"
 
 namespace sparseforge {
+
+// A bf16 weight is the top half of an fp32. `static`: every ISA file gets its own copy compiled with its
+// own flags (one shared inline copy could come from the AVX2 file and run on a CPU without AVX2).
+static inline float bf16_to_f32(uint16_t bf16) {
+  const uint32_t u = static_cast<uint32_t>(bf16) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 inline int nm_index_bits(int m) {
   int b = 0;

@@ -1,5 +1,4 @@
 // Scalar reference: the oracle the SIMD variants are tested against, and the portable fallback.
-#include <cstring>
 
 #include "nm_gemm.h"
 
@@ -7,12 +6,7 @@ namespace sparseforge {
 
 namespace {
 inline float to_f32(float v) { return v; }
-inline float to_f32(uint16_t bf16) {
-  const uint32_t u = static_cast<uint32_t>(bf16) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline float to_f32(uint16_t bf16) { return bf16_to_f32(bf16); }
 
 template <typename T>
 void scalar_impl(const NmGemmArgs& a, const T* values, int64_t r0, int64_t r1) {

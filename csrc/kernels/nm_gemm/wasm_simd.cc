@@ -14,7 +14,6 @@
 #include <wasm_simd128.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "nm_gemm.h"
@@ -24,12 +23,7 @@ namespace sparseforge {
 namespace {
 
 inline float to_f32(float v) { return v; }
-inline float to_f32(uint16_t bf16) {
-  const uint32_t u = static_cast<uint32_t>(bf16) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline float to_f32(uint16_t bf16) { return bf16_to_f32(bf16); }
 inline v128_t load4(const float* p) { return wasm_v128_load(p); }
 inline v128_t load4(const uint16_t* p) {  // 4 bf16 -> 4 fp32: a bf16 is the top half of an fp32
   return wasm_i32x4_shl(wasm_u32x4_extend_low_u16x8(wasm_v128_load64_zero(p)), 16);

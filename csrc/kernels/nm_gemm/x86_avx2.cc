@@ -30,12 +30,7 @@ inline float hsum(__m256 v) {
 
 // Value loaders: fp32, or bf16 widened to fp32 (a bf16 is the top half of an fp32).
 inline float scalar_f32(const float* p) { return *p; }
-inline float scalar_f32(const uint16_t* p) {
-  const uint32_t u = static_cast<uint32_t>(*p) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline float scalar_f32(const uint16_t* p) { return bf16_to_f32(*p); }
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
