@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _isa import kernel_isa
 from sparseforge import _C
 from sparseforge.ops import block_attention, double_sparsity_decode, gathered_decode_attention
 from sparseforge.ops.block_attention_reference import (block_attention_reference, double_sparsity_decode_reference,
@@ -275,7 +276,7 @@ def test_threads_give_the_same_answer(threads):
 def test_kernel_names(monkeypatch):
     for isa in ISAS:
         monkeypatch.setenv("SPARSEFORGE_ISA", isa)
-        assert _C.kernel_for("block_attention") == f"block_attention_f32__{isa}"
+        assert _C.kernel_for("block_attention") == f"block_attention_f32__{kernel_isa('block_attention', isa)}"
 
 
 def test_opcheck_and_compile():

@@ -10,6 +10,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
     case Isa::kNeon: return "neon";
     case Isa::kWasm: return "wasm";
   }
@@ -17,7 +18,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const std::string& text, Isa* out) {
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kNeon, Isa::kWasm}) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon, Isa::kWasm}) {
     if (text == isa_name(isa)) {
       *out = isa;
       return true;
@@ -30,6 +31,9 @@ std::vector<Isa> compiled_isas() {
   std::vector<Isa> out{Isa::kScalar};
 #if defined(SPARSEFORGE_HAVE_AVX2)
   out.push_back(Isa::kAvx2);
+#endif
+#if defined(SPARSEFORGE_HAVE_AVX512)
+  out.push_back(Isa::kAvx512);
 #endif
 #if defined(SPARSEFORGE_HAVE_NEON)
   out.push_back(Isa::kNeon);
@@ -45,6 +49,7 @@ static bool cpu_runs(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return true;
     case Isa::kAvx2: return f.avx2 && f.fma;
+    case Isa::kAvx512: return f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
     case Isa::kNeon: return f.neon;
     case Isa::kWasm:
 #if defined(__wasm_simd128__)
@@ -74,7 +79,7 @@ Isa active_isa() {
   Isa isa;
   if (!parse_isa(forced, &isa))
     throw std::invalid_argument(std::string("SPARSEFORGE_ISA='") + forced +
-                                "' is not an ISA; expected one of scalar, avx2, neon, wasm");
+                                "' is not an ISA; expected one of scalar, avx2, avx512, neon, wasm");
   std::vector<Isa> s = supported_isas();
   if (std::find(s.begin(), s.end(), isa) == s.end())
     throw std::runtime_error(std::string("SPARSEFORGE_ISA='") + forced +

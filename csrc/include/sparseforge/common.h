@@ -7,10 +7,14 @@
 
 namespace sparseforge {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kNeon = 2, kWasm = 3 };
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kNeon = 2, kWasm = 3, kAvx512 = 4 };
+
+// AVX-512 (F+BW+VL+DQ) CPUs also run every AVX2 kernel: an op without an avx512 variant dispatches
+// its avx2 one there, and reports that kernel's name.
+inline bool runs_avx2(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvx512; }
 
 const char* isa_name(Isa isa);
-// Parses "scalar" | "avx2" | "neon" | "wasm"; false for anything else.
+// Parses "scalar" | "avx2" | "avx512" | "neon" | "wasm"; false for anything else.
 bool parse_isa(const std::string& text, Isa* out);
 
 // CPU facts, probed once.
@@ -19,6 +23,9 @@ struct CpuFeatures {
   bool fma = false;
   bool f16c = false;
   bool avx512f = false;
+  bool avx512bw = false;
+  bool avx512vl = false;
+  bool avx512dq = false;
   bool neon = false;
 };
 const CpuFeatures& cpu_features();

@@ -77,7 +77,7 @@ int64_t block_attention_tiles(const BlockAttnArgs& a) {
 
 Isa select_block_attention(Isa isa) {
 #if defined(SPARSEFORGE_HAVE_AVX2)
-  if (isa == Isa::kAvx2) return Isa::kAvx2;
+  if (runs_avx2(isa)) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
 }

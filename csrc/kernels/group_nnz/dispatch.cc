@@ -6,7 +6,7 @@ namespace sparseforge {
 
 GroupNnzKernel select_group_nnz(Isa isa) {
 #if defined(SPARSEFORGE_HAVE_AVX2)
-  if (isa == Isa::kAvx2) return {group_nnz_f32_avx2, Isa::kAvx2};
+  if (runs_avx2(isa)) return {group_nnz_f32_avx2, Isa::kAvx2};
 #endif
 #if defined(SPARSEFORGE_HAVE_WASM_SIMD)
   if (isa == Isa::kWasm) return {group_nnz_f32_wasm, Isa::kWasm};

@@ -14,7 +14,7 @@ constexpr int64_t kBatchTile = 64;  // batch rows per transposed tile (8 ymm acc
 
 NmGemmKernel select_nm_gemm(Isa isa, int64_t batch, int n, int m) {
 #if defined(SPARSEFORGE_HAVE_AVX2)
-  if (isa == Isa::kAvx2) return {Isa::kAvx2, (batch == 1 && half_density(n, m)) ? "gemv" : "gemm"};
+  if (runs_avx2(isa)) return {Isa::kAvx2, (batch == 1 && half_density(n, m)) ? "gemv" : "gemm"};
 #endif
 #if defined(SPARSEFORGE_HAVE_WASM_SIMD)
   if (isa == Isa::kWasm) return {Isa::kWasm, nm_gemm_wasm_is_gemv(batch, n, m) ? "gemv" : "gemm"};

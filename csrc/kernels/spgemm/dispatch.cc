@@ -17,7 +17,7 @@ namespace sparseforge {
 template <typename V, typename I>
 SpgemmKernel<V, I> select_spgemm(Isa isa) {
 #if defined(SPARSEFORGE_HAVE_AVX2)
-  if (isa == Isa::kAvx2) return {&spgemm_fused_avx2<V, I>, &spgemm_numeric_avx2<V, I>, Isa::kAvx2};
+  if (runs_avx2(isa)) return {&spgemm_fused_avx2<V, I>, &spgemm_numeric_avx2<V, I>, Isa::kAvx2};
 #endif
   return {&spgemm_fused_scalar<V, I>, &spgemm_numeric_scalar<V, I>, Isa::kScalar};
 }

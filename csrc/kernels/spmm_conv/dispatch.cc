@@ -7,8 +7,11 @@
 namespace sparseforge {
 
 SpmmConvKernel select_spmm_conv(Isa isa) {
+#if defined(SPARSEFORGE_HAVE_AVX512)
+  if (isa == Isa::kAvx512) return {spmm_conv_f32_avx512, Isa::kAvx512};
+#endif
 #if defined(SPARSEFORGE_HAVE_AVX2)
-  if (isa == Isa::kAvx2) return {spmm_conv_f32_avx2, Isa::kAvx2};
+  if (runs_avx2(isa)) return {spmm_conv_f32_avx2, Isa::kAvx2};
 #endif
 #if defined(SPARSEFORGE_HAVE_NEON)
   if (isa == Isa::kNeon) return {spmm_conv_f32_neon, Isa::kNeon};

@@ -39,6 +39,10 @@ void spmm_conv_f32_scalar(const SpmmConvWeights& w, const float* x, float* y, in
 void spmm_conv_f32_avx2(const SpmmConvWeights& w, const float* x, float* y, int64_t hw, int64_t m0, int64_t m1,
                         int64_t b0, int64_t b1);
 #endif
+#if defined(SPARSEFORGE_HAVE_AVX512)
+void spmm_conv_f32_avx512(const SpmmConvWeights& w, const float* x, float* y, int64_t hw, int64_t m0, int64_t m1,
+                          int64_t b0, int64_t b1);
+#endif
 #if defined(SPARSEFORGE_HAVE_WASM_SIMD)
 void spmm_conv_f32_wasm(const SpmmConvWeights& w, const float* x, float* y, int64_t hw, int64_t m0, int64_t m1,
                         int64_t b0, int64_t b1);
