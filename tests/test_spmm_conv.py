@@ -33,6 +33,7 @@ def check(y, ref, mag, c_in):
 SHAPES = [  # (n, c_in, c_out, hw): tails of every tile width, 1 pixel, 1 channel, batch > 1
     (1, 5, 7, 13), (2, 17, 9, 100), (1, 64, 33, 196), (3, 3, 1, 1), (1, 40, 30, 49), (2, 24, 10, 197), (1, 1, 5, 70),
     (1, 9, 6, 255),  # AVX-512's widest tail: 127 px = 7 full vectors + 15 lanes
+    (1, 300, 11, 130),  # c_in spans several L1 panel groups (partial sums in y), not a multiple of 32
 ]
 
 

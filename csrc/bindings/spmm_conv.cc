@@ -123,6 +123,8 @@ class SpmmConvPlan {
     w_.offsets = offsets_.data();
     w_.idx_delta = idx_.data();
     w_.values = values_.data();
+    panels_ = spmm_conv_panel_index(w_);
+    panels_.attach(&w_);
   }
   py::array run(py::handle x, py::handle bias, double out_min, double out_max, py::handle out) const {
     return run_checked(w_, x, bias, out_min, out_max, out);
@@ -132,6 +134,7 @@ class SpmmConvPlan {
  private:
   std::vector<int32_t> nnz_, offsets_, idx_;
   std::vector<float> values_;
+  SpmmConvPanelIndex panels_;
   SpmmConvWeights w_;
 };
 

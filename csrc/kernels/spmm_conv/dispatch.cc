@@ -22,8 +22,40 @@ SpmmConvKernel select_spmm_conv(Isa isa) {
   return {spmm_conv_f32_scalar, Isa::kScalar};
 }
 
-void spmm_conv_f32(const SpmmConvWeights& w, const float* x, float* y, int64_t n, int64_t hw) {
-  SpmmConvFn fn = select_spmm_conv(active_isa()).fn;
+SpmmConvPanelIndex spmm_conv_panel_index(const SpmmConvWeights& w, int32_t panel) {
+  SpmmConvPanelIndex out;
+  const int64_t nb = spmm_conv_blocks(w), total = w.offsets[nb];
+  out.panel = panel;
+  out.n_panels = (w.c_in + panel - 1) / panel;
+  const int64_t np = out.n_panels;
+  out.chan.resize(static_cast<size_t>(total));
+  out.entry.resize(static_cast<size_t>(nb * (np + 1)));
+  for (int64_t b = 0; b < nb; ++b) {
+    const int32_t e0 = w.offsets[b], e1 = w.offsets[b + 1];
+    int32_t k = 0;
+    for (int32_t e = e0; e < e1; ++e) out.chan[e] = k = (e == e0 ? 0 : k) + w.idx_delta[e];
+    int32_t* pe = out.entry.data() + b * (np + 1);
+    int32_t e = e0;  // channels ascend within a block, so one sweep fills the block's row
+    for (int64_t p = 0; p <= np; ++p) {
+      while (e < e1 && out.chan[e] < p * panel) ++e;
+      pe[p] = e;
+    }
+    pe[np] = e1;
+  }
+  return out;
+}
+
+void spmm_conv_f32(const SpmmConvWeights& w_in, const float* x, float* y, int64_t n, int64_t hw) {
+  const SpmmConvKernel kern = select_spmm_conv(active_isa());
+  SpmmConvFn fn = kern.fn;
+  // The x86 kernels walk the weight panel by panel: without a prebuilt index (SpmmConvPlan has one) it is
+  // built here, O(entries), which the raw one-shot call also pays for its index check.
+  SpmmConvWeights w = w_in;
+  SpmmConvPanelIndex index;
+  if (runs_avx2(kern.isa) && w.panel_entry == nullptr) {
+    index = spmm_conv_panel_index(w);
+    index.attach(&w);
+  }
   const int64_t nb = spmm_conv_blocks(w);
   if (n <= 0 || hw <= 0 || nb <= 0) return;
   const int64_t total = w.offsets[nb];

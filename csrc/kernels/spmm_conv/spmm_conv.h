@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "sparseforge/common.h"
 
@@ -25,7 +26,28 @@ struct SpmmConvWeights {
   const float* values = nullptr;
   const float* bias = nullptr;  // [c_out] or nullptr
   float out_min = -__builtin_inff(), out_max = __builtin_inff();
+  // Optional panel index (spmm_conv_panel_index): the x86 kernels copy x in panels of input channels
+  // that stay in L1 and walk each block's entries panel by panel. spmm_conv_f32 builds it when absent.
+  int32_t panel = 0;                      // input channels per panel; 0 = no index
+  int64_t n_panels = 0;                   // ceil(c_in / panel)
+  const int32_t* panel_entry = nullptr;   // [n_blocks * (n_panels + 1)]: first entry of block b in panel p
+  const int32_t* chan = nullptr;          // [entries]: absolute input channel of every entry
 };
+
+// Owns a panel index and points a SpmmConvWeights at it. O(entries), paid once per packed weight.
+struct SpmmConvPanelIndex {
+  std::vector<int32_t> entry, chan;
+  int32_t panel = 0;
+  int64_t n_panels = 0;
+  void attach(SpmmConvWeights* w) const {
+    w->panel = panel;
+    w->n_panels = n_panels;
+    w->panel_entry = entry.data();
+    w->chan = chan.data();
+  }
+};
+constexpr int32_t kSpmmConvPanel = 32;
+SpmmConvPanelIndex spmm_conv_panel_index(const SpmmConvWeights& w, int32_t panel = kSpmmConvPanel);
 
 inline int64_t spmm_conv_blocks(const SpmmConvWeights& w) { return (w.c_out + w.block - 1) / w.block; }
 
