@@ -145,6 +145,9 @@ def main(argv=None):
     ap.add_argument("--inner", type=int, default=5)
     ap.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                     help="keep BatchNorm separate in both models (by default both are folded, as any deployment does)")
+    ap.add_argument("--no-fuse-activation", dest="fuse_activation", action="store_false",
+                    help="keep each ReLU6 after a sparse conv a separate module (by default it is fused into the "
+                         "kernel's store, which the dense torch convs cannot do)")
     ap.add_argument("--finetune-steps", type=int, default=0,
                     help="gradual pruning with distillation for this many steps (default 0: one-shot pruning)")
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the distillation steps")
@@ -172,7 +175,7 @@ def main(argv=None):
         else:
             m = copy.deepcopy(unfolded)
             n = prune_pointwise(m, s)  # on the trained weights, before any folding
-            export_sparse_conv(m, min_sparsity=s - 0.01, fold_bn=args.fold_bn)
+            m = export_sparse_conv(m, min_sparsity=s - 0.01, fold_bn=args.fold_bn, fuse_activation=args.fuse_activation)
         swapped = sum(isinstance(mod, SparseConv2d) for mod in m.modules())
         with torch.inference_mode():
             agree = float((m(x).argmax(1) == top_dense).float().mean())
@@ -207,6 +210,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rounds": args.rounds, "inner": args.inner, "fold_bn": args.fold_bn,
+                                "fuse_activation": args.fuse_activation,
                                 "finetune_steps": args.finetune_steps, "rows": rows}, indent=1))
     print(f"wrote {out}")
 

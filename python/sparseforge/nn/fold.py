@@ -22,6 +22,15 @@ class _ConvLeafTracer(fx.Tracer):
         return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
 
 
+def trace_with_conv_leaves(model: nn.Module, caller: str) -> fx.Graph:
+    """The fx graph of ``model`` with every Conv2d one node; RuntimeError naming ``caller`` if untraceable."""
+    try:
+        return _ConvLeafTracer().trace(model)
+    except Exception as e:  # fx reports data-dependent control flow with many exception types
+        raise RuntimeError(f"{caller}(): torch.fx could not trace the model ({type(e).__name__}: {e}); "
+                           "apply it by hand") from e
+
+
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     with torch.no_grad():
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
@@ -51,11 +60,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     if model.training:
         raise ValueError("fold_batchnorm(): argument 'model' must be in eval mode (call model.eval()); a training-mode "
                          "BatchNorm uses batch statistics and cannot be folded")
-    try:
-        graph = _ConvLeafTracer().trace(model)
-    except Exception as e:  # fx reports data-dependent control flow with many exception types
-        raise RuntimeError(f"fold_batchnorm(): torch.fx could not trace the model ({type(e).__name__}: {e}); fold its "
-                           "BatchNorms by hand") from e
+    graph = trace_with_conv_leaves(model, "fold_batchnorm")
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from sparseforge.formats import SparseConvWeight
 from sparseforge.nn.fold import fold_batchnorm
+from sparseforge.nn.fuse import fuse_activations
 from sparseforge.ops.sparse_conv1x1 import ACTIVATIONS, _sparse_conv1x1
 
 __all__ = ["SparseConv2d", "export_sparse_conv", "is_eligible_conv"]
@@ -79,13 +80,19 @@ def _sparsity(conv: nn.Conv2d) -> float:
 
 
 def export_sparse_conv(model: nn.Module, min_sparsity: float = 0.5, block: int | str = "auto",
-                       fold_bn: bool | str = False) -> nn.Module:
+                       fold_bn: bool | str = False, fuse_activation: bool = False) -> nn.Module:
     """Swaps, in place, every eligible 1x1 conv at least ``min_sparsity`` sparse for a SparseConv2d;
     leaves every other module alone. Returns ``model`` (switch it to eval mode: SparseConv2d is inference-only).
 
     ``fold_bn``: fold each BatchNorm2d that follows a conv into it first (:func:`sparseforge.nn.fold_batchnorm`;
     the model must be in eval mode) -- ``True`` raises when the model cannot be traced, ``"auto"`` then warns
     and exports without folding.
+
+    ``fuse_activation``: also move each ReLU / ReLU6 that directly follows a swapped conv (after folding)
+    into the kernel's store (:func:`sparseforge.nn.fuse.fuse_activations`). Activation modules are often
+    shared between call sites, so this returns a new ``torch.fx.GraphModule`` (same submodules and
+    state_dict keys) instead of ``model``; use the return value. Raises RuntimeError if the model cannot be
+    traced.
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"export_sparse_conv(): argument 'min_sparsity' must be in [0, 1], got {min_sparsity}")
@@ -98,11 +105,20 @@ def export_sparse_conv(model: nn.Module, min_sparsity: float = 0.5, block: int |
             if fold_bn is True:
                 raise
             warnings.warn(f"export_sparse_conv(): BatchNorm left unfolded: {e}", stacklevel=2)
+    def swappable(m: nn.Module) -> bool:
+        return is_eligible_conv(m) and m.weight.dtype == torch.float32 and _sparsity(m) >= min_sparsity
+
+    result, fused = (fuse_activations(model, swappable) if fuse_activation else (model, {}))
     swaps = []
     for name, mod in model.named_modules():
         for child_name, child in mod.named_children():
-            if is_eligible_conv(child) and child.weight.dtype == torch.float32 and _sparsity(child) >= min_sparsity:
-                swaps.append((mod, child_name, child))
-    for parent, child_name, child in swaps:
-        setattr(parent, child_name, SparseConv2d.from_dense(child, block=block))
-    return model
+            if swappable(child):
+                swaps.append((mod, f"{name}.{child_name}" if name else child_name, child_name, child))
+    for parent, path, child_name, child in swaps:
+        setattr(parent, child_name, SparseConv2d.from_dense(child, block=block, activation=fused.get(path)))
+    if result is not model:  # the GraphModule copied the old convs: point it at the swapped modules
+        for path in (p for _, p, _, _ in swaps):
+            parent_name, _, child_name = path.rpartition(".")
+            owner = result.get_submodule(parent_name) if parent_name else result
+            setattr(owner, child_name, model.get_submodule(path))
+    return result
