@@ -27,6 +27,12 @@ def test_isa_reporting():
     assert "group_nnz" in _C.ops()
 
 
+def test_avx512_level_needs_f_bw_vl_dq():
+    f = _C.cpu_features()
+    needed = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq")
+    assert ("avx512" in _C.supported_isas()) == ("avx512" in _C.compiled_isas() and all(f[k] for k in needed))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_forcing_isa_changes_the_kernel(monkeypatch, isa):
     monkeypatch.setenv("SPARSEFORGE_ISA", isa)

@@ -50,6 +50,9 @@ PYBIND11_MODULE(_C, mod) {
     d["fma"] = f.fma;
     d["f16c"] = f.f16c;
     d["avx512f"] = f.avx512f;
+    d["avx512bw"] = f.avx512bw;
+    d["avx512vl"] = f.avx512vl;
+    d["avx512dq"] = f.avx512dq;
     d["neon"] = f.neon;
     return d;
   });
