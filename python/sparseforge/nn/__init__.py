@@ -2,3 +2,4 @@
 from .nm_linear import NMLinear, export_nm
 from .sparse_conv import SparseConv2d, export_sparse_conv  # noqa: F401
 from .fold import fold_batchnorm  # noqa: F401
+from .reconstruct import reconstruct_pointwise  # noqa: F401
