@@ -23,6 +23,7 @@ from sparseforge.nn.sparse_conv import is_eligible_conv
 __all__ = ["reconstruct_pointwise"]
 
 TARGETS = ("dense_output", "dense_weights")
+RIDGE_TO = ("dense", "zero")
 # Padded Gram submatrices of one solve batch, in float64 elements (128 MiB).
 _SOLVE_BUDGET = 1 << 24
 
@@ -190,16 +191,17 @@ def _split(calib, batch_size: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: str = "dense_output",
-                          damp: float = 0.01, ridge_to: str = "zero", layers: Iterable[str] | None = None, batch_size: int = 32,
-                          progress: bool = True) -> dict[str, dict]:
+                          damp: float = 0.01, ridge_to: str = "dense", layers: Iterable[str] | None = None,
+                          batch_size: int = 32, progress: bool = True) -> dict[str, dict]:
     """Refits, in place, the kept weights (and bias) of the pruned 1x1 convs and Linears of ``model`` by
     ridge least squares on calibration activations, keeping every sparsity mask exactly.
 
     Layers are refitted in the order the forward pass reaches them, each on the inputs ``model`` produces
     with the earlier layers already refitted. For a layer with input samples X [d, n] (d = in channels,
     plus a row of ones when the layer has a bias; n = pixels of all calibration images, all of them) and
-    target Y [out, n], row r with kept set S solves ``(X_S X_S^T + lam I) w_S = X_S y_r^T``, where ``lam =
-    damp * mean(diag(X X^T))`` on the weights and 0 on the bias.
+    target Y [out, n], row r with kept set S solves ``(X_S X_S^T + lam I) w_S = X_S y_r^T + lam w0_S``, where
+    ``lam = damp * mean(diag(X X^T))`` on the weights and 0 on the bias, and w0 is the dense layer's weights
+    (``ridge_to="dense"``) or zero (``"zero"``, plain ridge regression).
 
     Args:
         model: the pruned network, eval mode. Its layers' masks are the zeros of their weights, or their
@@ -212,6 +214,9 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
             inputs, so a layer also corrects the error accumulated before it. ``"dense_weights"``: Y is
             the dense layer's weights applied to the pruned model's inputs (only the layer's own error).
         damp: ridge strength relative to the mean input energy (> 0 keeps rows with few samples solvable).
+        ridge_to: what the ridge pulls the kept weights towards. ``"dense"`` (default): their dense values, so
+            input directions the calibration set does not excite (dead or rare channels) keep the trained
+            weights instead of collapsing to zero, and a full mask refits to the dense layer for any damp.
         layers: module names to refit (default: every 1x1 conv of ``is_eligible_conv`` and every Linear
             whose weight has at least one pruned entry). A named layer with a full mask is refitted too.
         progress: a tqdm bar over the layers.
@@ -238,6 +243,8 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
                              "training-mode BatchNorm or dropout would change the calibration targets")
     if target not in TARGETS:
         raise ValueError(f"reconstruct_pointwise(): argument 'target' must be one of {TARGETS}, got {target!r}")
+    if ridge_to not in RIDGE_TO:
+        raise ValueError(f"reconstruct_pointwise(): argument 'ridge_to' must be one of {RIDGE_TO}, got {ridge_to!r}")
     if not (isinstance(damp, (int, float)) and damp >= 0 and damp == damp):
         raise ValueError(f"reconstruct_pointwise(): argument 'damp' must be a number >= 0, got {damp!r}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
