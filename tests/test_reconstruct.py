@@ -32,11 +32,16 @@ def _prune(model, sparsity):
 def trained(fashion):
     """(dense folded net, train images, test images, test labels): 1 epoch on 6000 images, ~3 s."""
     x, y, xt, yt = fashion
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    net = train(small_mobilenet(0), x[:6000], y[:6000], TrainConfig(epochs=1, batch_size=64, lr=3e-3), progress=False)
-    net.eval()
-    fold_batchnorm(net)
-    return net, x[6000:], xt[:2000], yt[:2000]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))  # a tiny net: more threads only add overhead
+    try:
+        net = train(small_mobilenet(0), x[:6000], y[:6000], TrainConfig(epochs=1, batch_size=64, lr=3e-3),
+                    progress=False)
+        net.eval()
+        fold_batchnorm(net)
+        yield net, x[6000:], xt[:2000], yt[:2000]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _layer_outputs(model, names, x):
