@@ -16,18 +16,19 @@ __all__ = ["fold_batchnorm"]
 
 
 class _ConvLeafTracer(fx.Tracer):
-    # Conv2d subclasses with their own forward (TF-style "same" padding) must stay one node, so the
-    # pattern conv -> bn is visible whatever the subclass does inside.
+    # Conv2d / Linear subclasses with their own forward (TF-style "same" padding) must stay one node, so
+    # patterns like conv -> bn and a layer's input stay visible whatever the subclass does inside.
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, qualname)
 
 
-def trace_with_conv_leaves(model: nn.Module, caller: str) -> fx.Graph:
-    """The fx graph of ``model`` with every Conv2d one node; RuntimeError naming ``caller`` if untraceable."""
+def trace_with_conv_leaves(model: nn.Module, caller: str, argname: str = "model") -> fx.Graph:
+    """The fx graph of ``model`` with every Conv2d / Linear one node; RuntimeError naming ``caller`` and
+    ``argname`` if it cannot be traced."""
     try:
         return _ConvLeafTracer().trace(model)
     except Exception as e:  # fx reports data-dependent control flow with many exception types
-        raise RuntimeError(f"{caller}(): torch.fx could not trace the model ({type(e).__name__}: {e}); "
+        raise RuntimeError(f"{caller}(): torch.fx could not trace argument '{argname}' ({type(e).__name__}: {e}); "
                            "apply it by hand") from e
 
 

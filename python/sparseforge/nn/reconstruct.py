@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from sparseforge.masking import Mask, get_mask, is_masked
+from sparseforge.nn.fold import trace_with_conv_leaves
 from sparseforge.nn.sparse_conv import is_eligible_conv
 
 __all__ = ["reconstruct_pointwise"]
@@ -26,13 +27,6 @@ TARGETS = ("dense_output", "dense_weights")
 RIDGE_TO = ("dense", "zero")
 # Padded Gram submatrices of one solve batch, in float64 elements (128 MiB).
 _SOLVE_BUDGET = 1 << 24
-
-
-class _LeafTracer(fx.Tracer):
-    # Every conv and linear stays one node, whatever a subclass does in its forward (TF-style "same"
-    # padding in EfficientNet ports), so the layer's input is a value of the graph.
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, qualname)
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -53,14 +47,6 @@ def _stored_weight(m: nn.Module) -> torch.Tensor:
     if parametrize.is_parametrized(m, "weight"):
         return m.parametrizations.weight.original
     return m.weight
-
-
-def _trace(model: nn.Module, argname: str) -> fx.Graph:
-    try:
-        return _LeafTracer().trace(model)
-    except Exception as e:  # fx reports data-dependent control flow with many exception types
-        raise RuntimeError(f"reconstruct_pointwise(): torch.fx could not trace argument '{argname}' "
-                           f"({type(e).__name__}: {e})") from e
 
 
 def _samples(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
@@ -281,7 +267,7 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
     if not names:
         return {}
 
-    graph = _trace(model, "model")
+    graph = trace_with_conv_leaves(model, "reconstruct_pointwise", "model")
     steps = _Stepper(model, graph, batches, "model")
     where = {n.target: i for i, n in enumerate(steps.nodes) if n.op == "call_module"}
     calls = [n.target for n in steps.nodes if n.op == "call_module"]
@@ -294,7 +280,7 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
     todo = sorted(names, key=where.__getitem__)
     dense_steps = None
     if target == "dense_output":
-        dgraph = _trace(dense, "dense")
+        dgraph = trace_with_conv_leaves(dense, "reconstruct_pointwise", "dense")
         dense_steps = _Stepper(dense, dgraph, batches, "dense")
         if [(n.op, n.target) for n in dense_steps.nodes] != [(n.op, n.target) for n in steps.nodes]:
             raise ValueError("reconstruct_pointwise(): argument 'dense' does not trace to the same graph as 'model' "
