@@ -1,5 +1,5 @@
-// The row kernels of spgemm as templates over an ISA policy `P`. Included by reference.cc (P = scalar)
-// and x86_avx2.cc (P = AVX2 helpers); everything here has internal linkage, so each translation unit
+// The row kernels of spgemm as templates over an ISA policy `P`. Included by reference.cc (P = scalar),
+// x86_avx2.cc and x86_avx512.cc (their helpers, x86_avx2_policy.h); everything here has internal linkage, so each translation unit
 // keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
 //
 // RowEngine::count (the symbolic count, for rows the first pass does not compute), per row i with
@@ -44,6 +44,8 @@ constexpr int64_t kSpanPerFlop = 32;
 constexpr int64_t kSpanMinFlops = 64;
 // Up to this many columns per-thread dense stamp/value arrays are used rather than hash tables.
 constexpr int64_t kDenseListMaxCols = int64_t{1} << 22;
+// The ESC path packs a column and its position in the row (8 bits) into one int32 sort key.
+constexpr int64_t kEscMaxCols = int64_t{1} << 23;
 
 // [first, last] column that row i of C can touch (B's rows are sorted, so their ends bound it).
 template <typename I>
@@ -207,6 +209,11 @@ struct RowWorkspace {
 // The portable pieces; an ISA policy overrides what it can do faster.
 struct ScalarPolicy {
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
+  // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
+  // sort, compress) when the policy has esc_sort_merge; 0 turns it off.
+  static constexpr int64_t kEscMin = 0, kEscMax = 0;
+  template <typename I, typename V>
+  static int64_t esc_sort_merge(const I* keys, const V* vals, int64_t n, I* oj, V* ox) { return -1; }
   template <typename I, typename V>
   static void sort_pairs_into(I* keys, V* vals, int64_t n, I* oj, V* ox) {
     std::memcpy(oj, keys, static_cast<size_t>(n) * sizeof(I));
@@ -339,6 +346,10 @@ class RowEngine {
     }
     if (dense_span && known == whi - wlo + 1) return dense_full(s, e, wlo, known, oj, ox);
     if (dense_span) return dense_flags(s, e, wlo, whi, oj, ox);
+    if (P::kEscMax > 0 && f > P::kEscMin && f <= P::kEscMax && cols_ <= kEscMaxCols) {
+      if (esc_skip_ == 0) return esc(s, e, f, oj, ox);
+      --esc_skip_;
+    }
     if (known == f && P::kSortPairs) return distinct_pairs(s, e, f, oj, ox);
     if (cols_ <= kDenseListMaxCols && penalty_ < 16) return dense_list(s, e, f, oj, ox);
     if (++hash_rows_ % 256 == 0) penalty_ = 0;
@@ -356,6 +367,11 @@ class RowEngine {
   RowWorkspace<V, I> ws_;
   int penalty_ = 0;
   int64_t hash_rows_ = 0;
+  // ESC merges repeated columns one at a time, slower than the accumulators: after a row where more than
+  // 1 in 8 products repeated a column (stencils, FEM; random rows have a repeat now and then) the next
+  // kEscSkipRows eligible rows take the accumulators.
+  static constexpr int kEscSkipRows = 256;
+  int esc_skip_ = 0;
 
   // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
   int64_t dense_full(int64_t s, int64_t e, int64_t wlo, int64_t nnz, I* oj, V* ox) {
@@ -428,6 +444,35 @@ class RowEngine {
     }
     P::sort_pairs_into(keys, vals, n, oj, ox);
     return n;
+  }
+
+  // ESC: the row's products in A's order (columns and values), sorted by column together with their
+  // position (so equal columns stay in A's order and sum as scipy sums them), equal columns merged. No
+  // accumulator arrays are touched.
+  int64_t esc(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_;
+    if (ws_.keys.size() < static_cast<size_t>(f) + 16) ws_.keys.resize(static_cast<size_t>(f) + 16);
+    if (ws_.vals.size() < static_cast<size_t>(f) + 16) ws_.vals.resize(static_cast<size_t>(f) + 16);
+    I* keys = ws_.keys.data();
+    V* vals = ws_.vals.data();
+    int64_t n = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+        keys[n] = bj[u];
+        vals[n] = V(0) + product(av, bx[u]);
+      }
+    }
+    const int64_t len = P::esc_sort_merge(keys, vals, n, oj, ox);
+    if ((n - len) * 8 > n) esc_skip_ = kEscSkipRows;
+    return len;
   }
 
   // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
