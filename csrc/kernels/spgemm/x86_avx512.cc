@@ -55,10 +55,14 @@ __attribute__((always_inline)) inline __m512i clean16(__m512i v) { return xor1(x
 // loop unrolls and v stays in registers.
 template <int R>
 __attribute__((always_inline)) inline void sort_regs(__m512i* v) {
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) v[r] = sort16(v[r]);
+#pragma GCC unroll 8
   for (int s = 2; s <= R; s *= 2) {
     // Flip layer: key r*16+l of a block of s registers meets key (s*16-1) - (r*16+l).
+#pragma GCC unroll 16
     for (int b = 0; b < R; b += s)
+#pragma GCC unroll 16
       for (int r = 0; r < s / 2; ++r) {
         const __m512i lo = v[b + r], hi = reverse16(v[b + s - 1 - r]);
         v[b + r] = _mm512_min_epi32(lo, hi);
@@ -66,13 +70,17 @@ __attribute__((always_inline)) inline void sort_regs(__m512i* v) {
         // back in order for the register-distance layers.
         v[b + s - 1 - r] = s == 2 ? _mm512_max_epi32(lo, hi) : reverse16(_mm512_max_epi32(lo, hi));
       }
+#pragma GCC unroll 8
     for (int d = s / 4; d >= 1; d /= 2)
+#pragma GCC unroll 16
       for (int b = 0; b < R; b += 2 * d)
+#pragma GCC unroll 16
         for (int r = b; r < b + d; ++r) {
           const __m512i lo = v[r], hi = v[r + d];
           v[r] = _mm512_min_epi32(lo, hi);
           v[r + d] = _mm512_max_epi32(lo, hi);
         }
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) v[r] = clean16(v[r]);
   }
 }
