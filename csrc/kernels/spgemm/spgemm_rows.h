@@ -44,6 +44,8 @@ constexpr int64_t kSpanPerFlop = 32;
 constexpr int64_t kSpanMinFlops = 64;
 // Up to this many columns per-thread dense stamp/value arrays are used rather than hash tables.
 constexpr int64_t kDenseListMaxCols = int64_t{1} << 22;
+// Rows of up to this many columns remember their touch order for the next row (reuse_pattern).
+constexpr int64_t kPatternMax = 64;
 // The ESC path packs a column and its position in the row (8 bits) into one int32 sort key.
 constexpr int64_t kEscMaxCols = int64_t{1} << 23;
 
@@ -171,6 +173,10 @@ template <typename V, typename I>
 struct RowWorkspace {
   std::vector<I> keys;
   std::vector<V> vals;
+  // The last sorted dense-list row of at most kPatternMax columns: its touch list and its sorted columns
+  // (RowEngine::reuse_pattern).
+  I pat_keys[kPatternMax], pat_sorted[kPatternMax];
+  int64_t pat_n = -1;
   // Dense-span accumulator: flags[j] = 1 iff column j is live, acc[j] its value; both all zero between
   // rows (the read-back clears them). A byte per column, not a bit: plain stores, no read-modify-write
   // chain on a shared word.
@@ -212,6 +218,7 @@ struct ScalarPolicy {
   // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
   // sort, compress) when the policy has esc_sort_merge; 0 turns it off.
   static constexpr int64_t kEscMin = 0, kEscMax = 0;
+  static constexpr bool kReusePattern = false;  // RowEngine::reuse_pattern
   template <typename I, typename V>
   static int64_t esc_sort_merge(const I* keys, const V* vals, int64_t n, I* oj, V* ox) { return -1; }
   template <typename I, typename V>
@@ -372,6 +379,8 @@ class RowEngine {
   // kEscSkipRows eligible rows take the accumulators.
   static constexpr int kEscSkipRows = 256;
   int esc_skip_ = 0;
+  static constexpr int kPatternMisses = 16, kPatternOffRows = 1024;
+  int pat_misses_ = 0, pat_off_ = 0;
 
   // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
   int64_t dense_full(int64_t s, int64_t e, int64_t wlo, int64_t nnz, I* oj, V* ox) {
@@ -511,11 +520,45 @@ class RowEngine {
         }
       }
     }
+    // Random rows never repeat: after kPatternMisses misses in a row, stop checking (and remembering)
+    // for the next kPatternOffRows rows.
+    const bool pattern = P::kReusePattern && n <= kPatternMax && (pat_off_ == 0 || --pat_off_ == 0);
+    if (pattern) {
+      if (ws_.pat_n == n && reuse_pattern(list, n, acc, oj, ox)) {
+        pat_misses_ = 0;
+        return n;
+      }
+      if (++pat_misses_ >= kPatternMisses) pat_off_ = kPatternOffRows, pat_misses_ = 0;
+    }
     // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
     // with the order-preserving hash below; after a run of such rows, later rows go there, with a
     // retry every 256 rows. Either path gives identical output.
     penalty_ = P::sort_gather(list, n, acc, oj, ox) ? std::max(0, penalty_ - 1) : penalty_ + 8;
+    if (pattern) {
+      std::memcpy(ws_.pat_keys, list, static_cast<size_t>(n) * sizeof(I));
+      std::memcpy(ws_.pat_sorted, oj, static_cast<size_t>(n) * sizeof(I));
+      ws_.pat_n = n;
+    }
     return n;
+  }
+
+  // Stencil and FEM rows repeat the previous row's touch list shifted by a constant (the same
+  // neighbourhood one column over). If list == previous list + d elementwise, the sorted row is the
+  // previous sorted row + d: no sort, and the value loads need only d. Checked exactly, so any row that
+  // does not repeat takes the sort.
+  bool reuse_pattern(const I* list, int64_t n, const V* acc, I* oj, V* ox) {
+    const I* pk = ws_.pat_keys;
+    const I* ps = ws_.pat_sorted;
+    const I d = list[0] - pk[0];
+    I diff = 0;
+    for (int64_t q = 0; q < n; ++q) diff |= (list[q] - pk[q]) ^ d;
+    if (diff != 0) return false;
+    for (int64_t q = 0; q < n; ++q) {
+      const I j = ps[q] + d;
+      oj[q] = j;
+      ox[q] = acc[j];
+    }
+    return true;
   }
 
   // Order-preserving hash: slot = (j - lo) * size / span, linear probing into an overflow tail (no
