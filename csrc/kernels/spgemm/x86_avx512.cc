@@ -9,6 +9,10 @@
 //     random stores and loads; rows where many columns repeat (stencil, FEM) turn it off for a while.
 // Shorter rows keep the AVX2 rank sort (see kNetworkMin).
 #if defined(SPARSEFORGE_HAVE_AVX512)
+// Loops start on 64-byte boundaries, here and in x86_avx2.cc: the same row code ran up to 11% apart
+// between the two files depending on where its loops landed (pyamg bar/DG; the AVX2 policy built in
+// the AVX-512 file, unchanged, was 11% slower until both aligned their loops).
+#pragma GCC optimize("align-loops=64")
 #include "x86_avx2_policy.h"
 
 namespace sparseforge {
@@ -164,7 +168,7 @@ struct Avx512Policy : Avx2Policy {
   static constexpr int64_t kEscMin = 32, kEscMax = kNetworkMax;
   // (column << 8 | position) keys, n <= 256 of them, columns < kEscMaxCols.
   template <typename I, typename V>
-  static int64_t esc_sort_merge(const I* keys, const V* vals, int64_t n, I* oj, V* ox) {
+  __attribute__((noinline)) static int64_t esc_sort_merge(const I* keys, const V* vals, int64_t n, I* oj, V* ox) {
     if (n <= 16) return esc_n<1>(keys, vals, n, oj, ox);
     if (n <= 32) return esc_n<2>(keys, vals, n, oj, ox);
     if (n <= 64) return esc_n<4>(keys, vals, n, oj, ox);
@@ -226,11 +230,18 @@ struct Avx512Policy : Avx2Policy {
     // rows with random columns to the hash): they take the network from 2 keys on.
     const int64_t lo = sizeof(I) == 4 ? kNetworkMin : 2;
     if (n < lo || n > kNetworkMax) return Avx2Policy::sort_gather(list, n, acc, oj, ox);
+    network_sort_gather(list, n, acc, oj, ox);
+    return true;
+  }
+  // Out of line, as esc_sort_merge: inlined, the network's 16-register code made every row's compute()
+  // realign its stack and save more registers, which cost the short rows that never sort with it (~5%
+  // on Poisson). A call per row of >= 33 keys is nothing next to the sort.
+  template <typename I, typename V>
+  __attribute__((noinline)) static void network_sort_gather(const I* list, int64_t n, const V* acc, I* oj, V* ox) {
     sort_keys(list, n, [&](__m512i v, int64_t q, __mmask16 m) {
       store_keys(oj + q, v, m);
       gather_store(acc, v, m, ox + q);
     });
-    return true;
   }
 };
 
