@@ -1,6 +1,7 @@
 // The row kernels of spgemm as templates over an ISA policy `P`. Included by reference.cc (P = scalar),
-// x86_avx2.cc and x86_avx512.cc (their helpers, x86_avx2_policy.h); everything here has internal linkage, so each translation unit
-// keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
+// x86_avx2.cc and x86_avx512.cc (their policies; the AVX2 one in x86_avx2_policy.h); everything here has
+// internal linkage, so each translation unit keeps its own copy compiled with its own flags and the
+// scalar path never contains AVX2 code.
 //
 // RowEngine::count (the symbolic count, for rows the first pass does not compute), per row i with
 // f = flop[i] partial products: a row with one term of A counts nnz(B_k); otherwise a 16-bit stamp per
@@ -15,13 +16,18 @@
 //      array plus a byte flag per column (all zero between rows), flags read back in column order, so
 //      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose known
 //      length equals its span is dense and needs no flags at all;
-//   3. (AVX2) the count says no two products share a column (nnz(C_i) == f, random matrices): the
+//   3. (AVX-512) ESC for rows of P::kEscMin < f <= P::kEscMax products (B.cols <= kEscMaxCols): the
+//      products sorted by (column, position in the row) and repeats merged in A's order; switched off
+//      for a while after a row where many columns repeat;
+//   4. (AVX2) the count says no two products share a column (nnz(C_i) == f, random matrices): the
 //      products are rank-sorted by column with their values, no accumulator at all;
-//   4. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
+//   5. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
 //      a list of first touches, sorted by P::sort_gather (scalar: insertion sort, good for the nearly
-//      sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively when
-//      lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
-//   5. open-addressing hash with linear probing: 2 * (known length, else min(f, span)) slots with an
+//      sorted lists of stencil/FEM rows; AVX2: rank sort; AVX-512: a sorting network from 33 keys).
+//      (AVX2, AVX-512) a list equal to the previous row's shifted by a constant reuses its sorted order
+//      (reuse_pattern). The pass leaves this path adaptively when lists come out far from sorted (random
+//      columns on the scalar path), retrying every 256 rows;
+//   6. open-addressing hash with linear probing: 2 * (known length, else min(f, span)) slots with an
 //      order-preserving hash (slot grows with the column) and an overflow tail instead of wrap-around,
 //      so keys come out nearly sorted and an insertion sort finishes them (std::sort if they are not).
 // Values are accumulated in A's row order in every path, so all paths give bit-identical results.

@@ -146,10 +146,10 @@ __attribute__((always_inline)) inline void network_sort(const I* keys, int64_t n
 }
 
 constexpr int64_t kNetworkMax = 256;
-// Below this the AVX2 rank sort is faster (Poisson rows of ~13 columns: +10% with the network): its
+// Below this the AVX2 rank sort is faster (Poisson 2-D, ~13 columns a row: +26% with the network): its
 // compares are independent and the value loads do not wait for the sort, where the network's ~40-cycle
 // chain plus the gather behind it sit on the row's critical path. Carrying list positions through the
-// network so the values could be gathered early (and permuted in registers) still lost 5-10%.
+// network so the values could be gathered early (and permuted in registers) still lost 6-10%.
 constexpr int64_t kNetworkMin = 33;
 
 // Picks the register count for n keys (2 <= n <= kNetworkMax).
