@@ -165,6 +165,33 @@ inline void sort_keys(const I* keys, int64_t n, Emit emit) {
 
 
 struct Avx512Policy : Avx2Policy {
+  // As Avx2Policy::gather_flags, 64 column flags per test instead of 32: dense-span rows (FEM, DG) scan
+  // spans of thousands of columns with few live ones.
+  template <typename V, typename I>
+  static int64_t gather_flags(uint8_t* flags, int64_t lo, int64_t hi, V* acc, I* oj, V* ox) {
+    int64_t n = 0, j = lo;
+    for (; j + 64 <= hi; j += 64) {
+      const __m512i f = _mm512_loadu_si512(flags + j);
+      uint64_t live = _mm512_test_epi8_mask(f, f);
+      if (live == 0) continue;
+      _mm512_storeu_si512(flags + j, _mm512_setzero_si512());
+      if (live == ~uint64_t{0}) {
+        emit_run32(j, acc, oj + n, ox + n);
+        emit_run32(j + 32, acc, oj + n + 32, ox + n + 32);
+        n += 64;
+        continue;
+      }
+      while (live) {
+        const int64_t c = j + __builtin_ctzll(live);
+        live &= live - 1;
+        oj[n] = static_cast<I>(c);
+        ox[n] = acc[c];
+        acc[c] = V(0);
+        ++n;
+      }
+    }
+    return n + Avx2Policy::gather_flags(flags, j, hi, acc, oj + n, ox + n);  // the < 64-column tail
+  }
   static constexpr int64_t kEscMin = 32, kEscMax = kNetworkMax;
   // (column << 8 | position) keys, n <= 256 of them, columns < kEscMaxCols.
   template <typename I, typename V>
