@@ -162,8 +162,6 @@ inline void sort_keys(const I* keys, int64_t n, Emit emit) {
   else network_sort<16>(keys, n, emit);
 }
 
-
-
 struct Avx512Policy : Avx2Policy {
   // As Avx2Policy::gather_flags, 64 column flags per test instead of 32: dense-span rows (FEM, DG) scan
   // spans of thousands of columns with few live ones.
@@ -192,6 +190,7 @@ struct Avx512Policy : Avx2Policy {
     }
     return n + Avx2Policy::gather_flags(flags, j, hi, acc, oj + n, ox + n);  // the < 64-column tail
   }
+
   static constexpr int64_t kEscMin = 32, kEscMax = kNetworkMax;
   // (column << 8 | position) keys, n <= 256 of them, columns < kEscMaxCols.
   template <typename I, typename V>
