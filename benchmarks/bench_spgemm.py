@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated case names")
     ap.add_argument("--out", default=os.path.join("results", "bench_spgemm.json"))
+    ap.add_argument("--compare-isa", default=None,
+                    help="also time sparseforge 1T with this ISA forced (SPARSEFORGE_ISA, e.g. avx2) in the "
+                         "back-to-back rounds, for an A/B of two kernels in one run")
     ap.add_argument("--settle-ms", type=float, default=30.0,
                     help="idle time before each 1T/2T call (lets spin-waiting OpenMP workers go to sleep)")
     args = ap.parse_args(argv)
@@ -96,10 +99,18 @@ def main(argv=None) -> int:
               "quick": args.quick, "kernel": _C.kernel_for("spgemm"), "cpu_count": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "scipy": scipy.__version__,
               "torch": torch.__version__, "numpy": np.__version__, "loadavg_start": os.getloadavg(), "cases": []}
+    cmp_isa = args.compare_isa
+    if cmp_isa:
+        os.environ["SPARSEFORGE_ISA"] = cmp_isa
+        record["compare_kernel"] = _C.kernel_for("spgemm")
+        os.environ.pop("SPARSEFORGE_ISA")
     only = set(args.only.split(",")) if args.only else None
     header = (f"{'case':16s} {'rows':>8s} {'nnz(A)':>9s} {'flops':>11s} {'nnz(C)':>10s} {'sf 1T ms':>9s} "
-              f"{'scipy/sf1T':>16s} {'torch/sf1T':>16s} {'sf1T/sf2T':>16s}   cpu: scipy torch (/sf1T, CPU time)")
-    print(f"kernel {record['kernel']}, {repeats} interleaved rounds, ratios: median [min-max]")
+              f"{'scipy/sf1T':>16s} {'torch/sf1T':>16s} {'sf1T/sf2T':>16s}"
+              + (f" {'scipy/' + cmp_isa:>16s} {cmp_isa + '/sf1T':>16s}" if cmp_isa else "")
+              + "   cpu: scipy torch (/sf1T, CPU time)")
+    print(f"kernel {record['kernel']}" + (f" (and {record['compare_kernel']} forced)" if cmp_isa else "")
+          + f", {repeats} interleaved rounds, ratios: median [min-max]")
     print(header)
     print("-" * len(header))
     for name, desc, make, large in cases(args.quick):
@@ -122,6 +133,8 @@ def main(argv=None) -> int:
         equal = (np.array_equal(cz.indptr, r.indptr) and np.array_equal(cz.indices, r.indices)
                  and np.array_equal(cz.data, r.data))
         times = {"sf1": [], "scipy": [], "torch": [], "sf1b": [], "sf2": []}
+        if cmp_isa:
+            times["sf1_cmp"] = []
         cpu = {k: [] for k in times}
         sys_t = {k: [] for k in times}
 
@@ -130,10 +143,26 @@ def main(argv=None) -> int:
             return spgemm(a, b)
 
         # Single-thread contenders first, back to back (nothing wakes an OpenMP team in between).
+        def sf_forced():
+            os.environ["SPARSEFORGE_ISA"] = cmp_isa
+            try:
+                return sf_threads(1)
+            finally:
+                os.environ.pop("SPARSEFORGE_ISA")
+
         calls = {"sf1": lambda: sf_threads(1), "scipy": lambda: a @ b, "torch": lambda: ta @ tb}
-        order = list(calls)
+        if cmp_isa:
+            calls["sf1_cmp"] = sf_forced
+        order = ["sf1", "scipy", "torch"]
         for rnd in range(repeats):
             for k in order[rnd % 3:] + order[:rnd % 3]:
+                if k == "sf1" and cmp_isa:
+                    # The forced-ISA call runs next to sf1, before it in every other round: a rotation
+                    # keeps each contender's predecessor fixed, and whoever follows torch pays for the
+                    # memory it just freed (page faults), which must not decide the A/B.
+                    for kk in (["sf1", "sf1_cmp"] if rnd % 2 == 0 else ["sf1_cmp", "sf1"]):
+                        times[kk].append(timed(calls[kk], cpu[kk], sys_t[kk]))
+                    continue
                 times[k].append(timed(calls[k], cpu[k], sys_t[k]))
         # Then 1 against 2 threads, each call after an idle pause: after a 2-thread call the OpenMP worker
         # (torch's libgomp team, which parallel_for runs on) spin-waits for a few ms, which process CPU
@@ -148,6 +177,9 @@ def main(argv=None) -> int:
         t = {k: np.array(v) for k, v in times.items()}
         ratios = {"scipy_over_sf1": t["scipy"] / t["sf1"], "torch_over_sf1": t["torch"] / t["sf1"],
                   "sf1_over_sf2": t["sf1b"] / t["sf2"]}
+        if cmp_isa:
+            ratios["scipy_over_sf1_cmp"] = t["scipy"] / t["sf1_cmp"]
+            ratios["sf1_cmp_over_sf1"] = t["sf1_cmp"] / t["sf1"]
         c_ = {k: np.array(v) for k, v in cpu.items()}
         # CPU-time ratios of the single-threaded contenders: insensitive to other processes taking turns
         # on the cores (they still share caches); a cross-check of the wall-clock ratios on a busy machine.
@@ -166,7 +198,8 @@ def main(argv=None) -> int:
 
         print(f"{name:16s} {a.shape[0]:8d} {a.nnz:9d} {flops:11d} {c.nnz:10d} {np.median(t['sf1']) * 1e3:9.2f} "
               f"{fmt(ratios['scipy_over_sf1']):>16s} {fmt(ratios['torch_over_sf1']):>16s} {fmt(ratios['sf1_over_sf2']):>16s}"
-              f"   cpu: {np.median(cpu_ratios['scipy_over_sf1']):5.2f} {np.median(cpu_ratios['torch_over_sf1']):5.2f}"
+              + (f" {fmt(ratios['scipy_over_sf1_cmp']):>16s} {fmt(ratios['sf1_cmp_over_sf1']):>16s}" if cmp_isa else "")
+              + f"   cpu: {np.median(cpu_ratios['scipy_over_sf1']):5.2f} {np.median(cpu_ratios['torch_over_sf1']):5.2f}"
               f"  2T/1T cpu {np.median(cpu_ratios['cpu_sf2_over_sf1']):4.2f}  bal {balance:.3f}"
               + ("" if equal else "  NOT EQUAL TO SCIPY"), flush=True)
         record["cases"].append({

@@ -1,7 +1,7 @@
 """Which ISA's kernel an op runs when an ISA is forced: AVX-512 CPUs run an op's avx2 kernel (and name
 it so) until the op has an avx512 variant of its own."""
 
-AVX512_OPS = {"spmm_conv"}
+AVX512_OPS = {"spmm_conv", "spgemm"}
 
 
 def kernel_isa(op, isa):

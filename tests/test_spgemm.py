@@ -65,8 +65,42 @@ def interleaved_rows(rng, dt, it):
     return a, rand_csr(100, 5000, 10, rng, dt, it)
 
 
+def rows_from_lists(lists, ncols, rng, dt, it):
+    """CSR whose row i has the (unique) columns lists[i], random nonzero values."""
+    lens = np.array([len(l) for l in lists], np.int64)
+    indptr = np.r_[0, np.cumsum(lens)]
+    indices = np.concatenate([np.sort(np.asarray(l, np.int64)) for l in lists] + [np.zeros(0, np.int64)])
+    data = rng.uniform(0.5, 2.0, indptr[-1]) * rng.choice([-1.0, 1.0], indptr[-1])
+    m = sp.csr_matrix((data.astype(dt), indices, indptr), shape=(len(lists), ncols))
+    m.indptr, m.indices = m.indptr.astype(it), m.indices.astype(it)  # scipy narrows them on construction
+    return m
+
+
+def exact_row_lengths(rng, dt, it, ncols=200_000):
+    # Rows with exactly 16, 17, 32, 33, ... 257 products and first touches: the edges of the AVX-512
+    # sorting network's register counts (1, 2, 4, 8, 16 registers of 16 keys, masked tails) on both
+    # the ESC path and the dense list. B's rows 0..299 have one random column each (so a row of A with
+    # f terms has exactly f products, a few repeating a column); rows 300..399 have 3 columns drawn from a
+    # pool of 250, so rows of A over them repeat many columns (ESC merges, then turns itself off and the
+    # dense list sorts up to ~180 first touches). Empty rows in between.
+    b_lists = [rng.choice(ncols, 1) for _ in range(300)]
+    pool = rng.choice(ncols, 250, replace=False)
+    b_lists += [rng.choice(pool, 3, replace=False) for _ in range(100)]
+    a_lists = []
+    for f in [16, 17, 31, 32, 33, 34, 48, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 300]:
+        a_lists.append(rng.choice(300, f, replace=False))
+        a_lists.append([])
+        a_lists.append(300 + rng.choice(100, min(f // 3 + 1, 100), replace=False))
+    for n in [11, 12, 20, 40, 90, 100]:  # 33..300 products over the pool, in a run (ESC switched off)
+        a_lists.append(300 + rng.choice(100, n, replace=False))
+    return rows_from_lists(a_lists, 400, rng, dt, it), rows_from_lists(b_lists, ncols, rng, dt, it)
+
+
 CASES = {
     "interleaved_paths": interleaved_rows,
+    "exact_row_lengths": exact_row_lengths,
+    # Columns just under 2^23: the largest the ESC path packs with a position into one int32 key.
+    "exact_row_lengths_wide": lambda rng, dt, it: exact_row_lengths(rng, dt, it, ncols=(1 << 23) - 1),
     "er_sparse": lambda rng, dt, it: (rand_csr(300, 500, 4, rng, dt, it), rand_csr(500, 400, 4, rng, dt, it)),
     "er_dense_rows": lambda rng, dt, it: (rand_csr(60, 200, 60, rng, dt, it), rand_csr(200, 150, 40, rng, dt, it)),
     "one_row": lambda rng, dt, it: (rand_csr(1, 50, 10, rng, dt, it), rand_csr(50, 70, 5, rng, dt, it)),

@@ -16,6 +16,9 @@ namespace sparseforge {
 
 template <typename V, typename I>
 SpgemmKernel<V, I> select_spgemm(Isa isa) {
+#if defined(SPARSEFORGE_HAVE_AVX512)
+  if (isa == Isa::kAvx512) return {&spgemm_fused_avx512<V, I>, &spgemm_numeric_avx512<V, I>, Isa::kAvx512};
+#endif
 #if defined(SPARSEFORGE_HAVE_AVX2)
   if (runs_avx2(isa)) return {&spgemm_fused_avx2<V, I>, &spgemm_numeric_avx2<V, I>, Isa::kAvx2};
 #endif

@@ -110,6 +110,9 @@ SPARSEFORGE_SPGEMM_DECLARE(scalar)
 #if defined(SPARSEFORGE_HAVE_AVX2)
 SPARSEFORGE_SPGEMM_DECLARE(avx2)
 #endif
+#if defined(SPARSEFORGE_HAVE_AVX512)
+SPARSEFORGE_SPGEMM_DECLARE(avx512)
+#endif
 
 template <typename V, typename I>
 SpgemmKernel<V, I> select_spgemm(Isa isa);

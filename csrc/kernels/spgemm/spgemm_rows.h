@@ -1,6 +1,7 @@
-// The row kernels of spgemm as templates over an ISA policy `P`. Included by reference.cc (P = scalar)
-// and x86_avx2.cc (P = AVX2 helpers); everything here has internal linkage, so each translation unit
-// keeps its own copy compiled with its own flags and the scalar path never contains AVX2 code.
+// The row kernels of spgemm as templates over an ISA policy `P`. Included by reference.cc (P = scalar),
+// x86_avx2.cc and x86_avx512.cc (their policies; the AVX2 one in x86_avx2_policy.h); everything here has
+// internal linkage, so each translation unit keeps its own copy compiled with its own flags and the
+// scalar path never contains AVX2 code.
 //
 // RowEngine::count (the symbolic count, for rows the first pass does not compute), per row i with
 // f = flop[i] partial products: a row with one term of A counts nnz(B_k); otherwise a 16-bit stamp per
@@ -15,13 +16,18 @@
 //      array plus a byte flag per column (all zero between rows), flags read back in column order, so
 //      no sort and no hashing. Rows of X·Xᵀ and other rows that fill much of C; a row whose known
 //      length equals its span is dense and needs no flags at all;
-//   3. (AVX2) the count says no two products share a column (nnz(C_i) == f, random matrices): the
+//   3. (AVX-512) ESC for rows of P::kEscMin < f <= P::kEscMax products (B.cols <= kEscMaxCols): the
+//      products sorted by (column, position in the row) and repeats merged in A's order; switched off
+//      for a while after a row where many columns repeat;
+//   4. (AVX2) the count says no two products share a column (nnz(C_i) == f, random matrices): the
 //      products are rank-sorted by column with their values, no accumulator at all;
-//   4. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
+//   5. "dense list" (B.cols <= kDenseListMaxCols): a value array restarted per column by the stamps,
 //      a list of first touches, sorted by P::sort_gather (scalar: insertion sort, good for the nearly
-//      sorted lists of stencil/FEM rows; AVX2: rank sort). The pass leaves this path adaptively when
-//      lists come out far from sorted (random columns on the scalar path), retrying every 256 rows;
-//   5. open-addressing hash with linear probing: 2 * (known length, else min(f, span)) slots with an
+//      sorted lists of stencil/FEM rows; AVX2: rank sort; AVX-512: a sorting network from 33 keys).
+//      (AVX2, AVX-512) a list equal to the previous row's shifted by a constant reuses its sorted order
+//      (reuse_pattern). The pass leaves this path adaptively when lists come out far from sorted (random
+//      columns on the scalar path), retrying every 256 rows;
+//   6. open-addressing hash with linear probing: 2 * (known length, else min(f, span)) slots with an
 //      order-preserving hash (slot grows with the column) and an overflow tail instead of wrap-around,
 //      so keys come out nearly sorted and an insertion sort finishes them (std::sort if they are not).
 // Values are accumulated in A's row order in every path, so all paths give bit-identical results.
@@ -44,6 +50,10 @@ constexpr int64_t kSpanPerFlop = 32;
 constexpr int64_t kSpanMinFlops = 64;
 // Up to this many columns per-thread dense stamp/value arrays are used rather than hash tables.
 constexpr int64_t kDenseListMaxCols = int64_t{1} << 22;
+// Rows of up to this many columns remember their touch order for the next row (reuse_pattern).
+constexpr int64_t kPatternMax = 64;
+// The ESC path packs a column and its position in the row (8 bits) into one int32 sort key.
+constexpr int64_t kEscMaxCols = int64_t{1} << 23;
 
 // [first, last] column that row i of C can touch (B's rows are sorted, so their ends bound it).
 template <typename I>
@@ -169,6 +179,10 @@ template <typename V, typename I>
 struct RowWorkspace {
   std::vector<I> keys;
   std::vector<V> vals;
+  // The last sorted dense-list row of at most kPatternMax columns: its touch list and its sorted columns
+  // (RowEngine::reuse_pattern).
+  I pat_keys[kPatternMax], pat_sorted[kPatternMax];
+  int64_t pat_n = -1;
   // Dense-span accumulator: flags[j] = 1 iff column j is live, acc[j] its value; both all zero between
   // rows (the read-back clears them). A byte per column, not a bit: plain stores, no read-modify-write
   // chain on a shared word.
@@ -207,6 +221,12 @@ struct RowWorkspace {
 // The portable pieces; an ISA policy overrides what it can do faster.
 struct ScalarPolicy {
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
+  // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
+  // sort, compress) when the policy has esc_sort_merge; 0 turns it off.
+  static constexpr int64_t kEscMin = 0, kEscMax = 0;
+  static constexpr bool kReusePattern = false;  // RowEngine::reuse_pattern
+  template <typename I, typename V>
+  static int64_t esc_sort_merge(const I* keys, const V* vals, int64_t n, I* oj, V* ox) { return -1; }
   template <typename I, typename V>
   static void sort_pairs_into(I* keys, V* vals, int64_t n, I* oj, V* ox) {
     std::memcpy(oj, keys, static_cast<size_t>(n) * sizeof(I));
@@ -339,6 +359,10 @@ class RowEngine {
     }
     if (dense_span && known == whi - wlo + 1) return dense_full(s, e, wlo, known, oj, ox);
     if (dense_span) return dense_flags(s, e, wlo, whi, oj, ox);
+    if (P::kEscMax > 0 && f > P::kEscMin && f <= P::kEscMax && cols_ <= kEscMaxCols) {
+      if (esc_skip_ == 0) return esc(s, e, f, oj, ox);
+      --esc_skip_;
+    }
     if (known == f && P::kSortPairs) return distinct_pairs(s, e, f, oj, ox);
     if (cols_ <= kDenseListMaxCols && penalty_ < 16) return dense_list(s, e, f, oj, ox);
     if (++hash_rows_ % 256 == 0) penalty_ = 0;
@@ -356,6 +380,13 @@ class RowEngine {
   RowWorkspace<V, I> ws_;
   int penalty_ = 0;
   int64_t hash_rows_ = 0;
+  // ESC merges repeated columns one at a time, slower than the accumulators: after a row where more than
+  // 1 in 8 products repeated a column (stencils, FEM; random rows have a repeat now and then) the next
+  // kEscSkipRows eligible rows take the accumulators.
+  static constexpr int kEscSkipRows = 256;
+  int esc_skip_ = 0;
+  static constexpr int kPatternMisses = 16, kPatternOffRows = 1024;
+  int pat_misses_ = 0, pat_off_ = 0;
 
   // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
   int64_t dense_full(int64_t s, int64_t e, int64_t wlo, int64_t nnz, I* oj, V* ox) {
@@ -430,6 +461,35 @@ class RowEngine {
     return n;
   }
 
+  // ESC: the row's products in A's order (columns and values), sorted by column together with their
+  // position (so equal columns stay in A's order and sum as scipy sums them), equal columns merged. No
+  // accumulator arrays are touched.
+  int64_t esc(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
+    const I* aj = aj_;
+    const V* ax = ax_;
+    const I* bp = bp_;
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const int64_t nnz_a = nnz_a_;
+    if (ws_.keys.size() < static_cast<size_t>(f) + 16) ws_.keys.resize(static_cast<size_t>(f) + 16);
+    if (ws_.vals.size() < static_cast<size_t>(f) + 16) ws_.vals.resize(static_cast<size_t>(f) + 16);
+    I* keys = ws_.keys.data();
+    V* vals = ws_.vals.data();
+    int64_t n = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+        keys[n] = bj[u];
+        vals[n] = V(0) + product(av, bx[u]);
+      }
+    }
+    const int64_t len = P::esc_sort_merge(keys, vals, n, oj, ox);
+    if ((n - len) * 8 > n) esc_skip_ = kEscSkipRows;
+    return len;
+  }
+
   // Dense accumulator with a list of first touches (branch-free append) and a stamp per column, so
   // nothing is cleared between rows: a column's value restarts from 0 at its first touch in a row.
   // The list is nearly sorted when B's rows overlap little (stencils, FEM); P::sort_into sorts it.
@@ -466,11 +526,45 @@ class RowEngine {
         }
       }
     }
+    // Random rows never repeat: after kPatternMisses misses in a row, stop checking (and remembering)
+    // for the next kPatternOffRows rows.
+    const bool pattern = P::kReusePattern && n <= kPatternMax && (pat_off_ == 0 || --pat_off_ == 0);
+    if (pattern) {
+      if (ws_.pat_n == n && reuse_pattern(list, n, acc, oj, ox)) {
+        pat_misses_ = 0;
+        return n;
+      }
+      if (++pat_misses_ >= kPatternMisses) pat_off_ = kPatternOffRows, pat_misses_ = 0;
+    }
     // Adaptive choice: rows whose first touches come far from sorted (random columns) are cheaper
     // with the order-preserving hash below; after a run of such rows, later rows go there, with a
     // retry every 256 rows. Either path gives identical output.
     penalty_ = P::sort_gather(list, n, acc, oj, ox) ? std::max(0, penalty_ - 1) : penalty_ + 8;
+    if (pattern) {
+      std::memcpy(ws_.pat_keys, list, static_cast<size_t>(n) * sizeof(I));
+      std::memcpy(ws_.pat_sorted, oj, static_cast<size_t>(n) * sizeof(I));
+      ws_.pat_n = n;
+    }
     return n;
+  }
+
+  // Stencil and FEM rows repeat the previous row's touch list shifted by a constant (the same
+  // neighbourhood one column over). If list == previous list + d elementwise, the sorted row is the
+  // previous sorted row + d: no sort, and the value loads need only d. Checked exactly, so any row that
+  // does not repeat takes the sort.
+  bool reuse_pattern(const I* list, int64_t n, const V* acc, I* oj, V* ox) {
+    const I* pk = ws_.pat_keys;
+    const I* ps = ws_.pat_sorted;
+    const I d = list[0] - pk[0];
+    I diff = 0;
+    for (int64_t q = 0; q < n; ++q) diff |= (list[q] - pk[q]) ^ d;
+    if (diff != 0) return false;
+    for (int64_t q = 0; q < n; ++q) {
+      const I j = ps[q] + d;
+      oj[q] = j;
+      ox[q] = acc[j];
+    }
+    return true;
   }
 
   // Order-preserving hash: slot = (j - lo) * size / span, linear probing into an overflow tail (no
