@@ -60,9 +60,9 @@ void spmm_conv_f32(const SpmmConvWeights& w_in, const float* x, float* y, int64_
   if (n <= 0 || hw <= 0 || nb <= 0) return;
   const int64_t total = w.offsets[nb];
   const int64_t work = std::max<int64_t>(1, total * w.block * hw * n);  // multiply-adds
-  // parallel_for starts its threads per call (tens of microseconds, more on a busy machine): a second
-  // thread pays off only past ~1M multiply-adds of its own (~30 us of AVX2 work).
-  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, work / (1 << 20)));
+  // A second thread pays off past ~128k multiply-adds of its own (~2 us of AVX-512 work) on torch's
+  // OpenMP team: 64x384x196 at 90% sparse (480k) runs 10.6 -> 7.3 us on two threads.
+  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, work / (1 << 17)));
   const int64_t xs = w.c_in * hw, ys = w.c_out * hw;
   if (threads <= 1) {
     for (int64_t i = 0; i < n; ++i) fn(w, x + i * xs, y + i * ys, hw, 0, hw, 0, nb);
