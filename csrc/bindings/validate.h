@@ -26,27 +26,27 @@ inline std::string shape_str(const py::array& a) {
 // Returns obj as an ndarray of dtype T with `ndim` dimensions, C-contiguous; raises otherwise.
 template <typename T>
 py::array require_array(const char* fn, const char* arg, py::handle obj, int ndim, bool writable = false) {
-  const std::string where = std::string(fn) + "(): argument '" + arg + "'";
-  const char* want = py::format_descriptor<T>::format() == std::string("f") ? "float32"
-                   : py::format_descriptor<T>::format() == std::string("d") ? "float64"
-                   : py::format_descriptor<T>::format() == std::string("i") ? "int32"
-                   : py::format_descriptor<T>::format() == std::string("l") ? "int64"
-                   : py::format_descriptor<T>::format() == std::string("B") ? "uint8"
-                   : py::format_descriptor<T>::format() == std::string("H") ? "uint16"
-                   : "the expected dtype";
+  // The messages are built only on failure: this runs on every kernel call, where a few string
+  // allocations are a visible share of a small call's ~5 us.
+  auto where = [&] { return std::string(fn) + "(): argument '" + arg + "'"; };
+  auto want = [] {
+    const std::string f = py::format_descriptor<T>::format();
+    return f == "f" ? "float32" : f == "d" ? "float64" : f == "i" ? "int32" : f == "l" ? "int64"
+         : f == "B" ? "uint8" : f == "H" ? "uint16" : "the expected dtype";
+  };
   if (!py::isinstance<py::array>(obj))
-    throw py::type_error(where + " must be a numpy.ndarray of " + want + ", got " + type_name(obj) +
+    throw py::type_error(where() + " must be a numpy.ndarray of " + want() + ", got " + type_name(obj) +
                          " (for a torch tensor pass tensor.numpy())");
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(where + " must have dtype " + want + ", got " +
+    throw py::type_error(where() + " must have dtype " + want() + ", got " +
                          py::str(a.dtype()).cast<std::string>() + "; convert it explicitly, nothing is cast silently");
   if (a.ndim() != ndim)
-    throw py::value_error(where + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
+    throw py::value_error(where() + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
   if (!(a.flags() & py::array::c_style))
-    throw py::value_error(where + " must be C-contiguous (row-major); got strides that are not, so call "
+    throw py::value_error(where() + " must be C-contiguous (row-major); got strides that are not, so call "
                           "numpy.ascontiguousarray() on it first: nothing is copied silently");
-  if (writable && !a.writeable()) throw py::value_error(where + " must be writable");
+  if (writable && !a.writeable()) throw py::value_error(where() + " must be writable");
   return a;
 }
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 from sparseforge.formats import SparseConvWeight
 from sparseforge.nn.fold import fold_batchnorm
 from sparseforge.nn.fuse import fuse_activations
-from sparseforge.ops.sparse_conv1x1 import ACTIVATIONS, _sparse_conv1x1
+from sparseforge.ops.sparse_conv1x1 import ACTIVATIONS, _plan, _sparse_conv1x1, eager_call, run_plan
 
 __all__ = ["SparseConv2d", "export_sparse_conv", "is_eligible_conv"]
 
@@ -64,9 +64,23 @@ class SparseConv2d(nn.Module):
             raise ValueError(f"SparseConv2d: input must be float32 CPU [N, {self.in_channels}, H, W], got "
                              f"{x.dtype} on {x.device} with shape {tuple(x.shape)}")
         lo, hi = ACTIVATIONS[self.activation]
+        if eager_call(x):
+            return run_plan(self._eager_plan(), x, self._buffers["bias"], self.out_channels, lo, hi)
         # The buffers go straight to the op, which keeps one checked plan per buffer set.
         return _sparse_conv1x1(x, self.nnz, self.offsets, self.idx_delta, self.values, self.bias, self.out_channels,
                                self.in_channels, self.block, lo, hi)
+
+    def _eager_plan(self):
+        # The op's plan cache, remembered here with the buffers' identities and in-place versions: a
+        # load_state_dict (in-place copy) or a reassigned buffer gets a fresh plan.
+        b = self._buffers  # one dict read instead of four nn.Module.__getattr__ calls (~0.5 us each)
+        bufs = (b["nnz"], b["offsets"], b["idx_delta"], b["values"])
+        key = tuple((id(t), t._version) for t in bufs)
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, _plan(*bufs, self.out_channels, self.in_channels, self.block))
+            self.__dict__["_plan_cache"] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         p = self.packed
