@@ -119,3 +119,27 @@ def test_plan_cache_follows_in_place_updates():
     torch.testing.assert_close(m(x), 2 * y1)
     with torch.inference_mode():
         torch.testing.assert_close(m(x), 2 * y1)
+
+
+def test_eager_fast_path_matches_the_custom_op_and_follows_load_state_dict():
+    from sparseforge.ops.sparse_conv1x1 import _sparse_conv1x1, eager_call
+
+    conv = masked_conv(24, 12, 0.8, bias=True)
+    m = SparseConv2d.from_dense(conv, activation="relu6")
+    x = torch.randn(2, 24, 5, 7) * 4
+    assert eager_call(x) and not eager_call(x.requires_grad_(True))
+    x = x.detach()
+    via_op = _sparse_conv1x1(x, m.nnz, m.offsets, m.idx_delta, m.values, m.bias, 12, 24, m.block, 0.0, 6.0)
+    torch.testing.assert_close(m(x), via_op, rtol=0, atol=0)
+    twin = masked_conv(24, 12, 0.8, bias=True)  # same seed: same mask, so the packed shapes match
+    with torch.no_grad():
+        twin.parametrizations.weight.original.mul_(-3.0)
+    other = SparseConv2d.from_dense(twin, activation="relu6")
+    y_before = m(x)
+    m.load_state_dict(other.state_dict())  # in-place copies: the cached plan must be replaced
+    torch.testing.assert_close(m(x), other(x), rtol=0, atol=0)
+    assert not torch.equal(m(x), y_before)
+    with torch.no_grad():
+        m.bias.add_(1.0)  # bias is read per call, never cached
+    ref = torch.clamp(nn.functional.conv2d(x, m.to_dense_weight(), m.bias), 0, 6)
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
