@@ -437,14 +437,22 @@ class RowEngine {
   // No two products share a column (common for random matrices): C_i is the products themselves,
   // sorted by column; no accumulator. 0 + p keeps scipy's sign of zero.
   int64_t distinct_pairs(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
+    const int64_t n = expand(s, e, f, 8);
+    P::sort_pairs_into(ws_.keys.data(), ws_.vals.data(), n, oj, ox);
+    return n;
+  }
+
+  // The row's products in A's order into ws_.keys / ws_.vals (columns, values; `pad` spare slots for
+  // vector tails); returns their count.
+  int64_t expand(int64_t s, int64_t e, int64_t f, int64_t pad) {
     const I* aj = aj_;
     const V* ax = ax_;
     const I* bp = bp_;
     const I* bj = bj_;
     const V* bx = bx_;
     const int64_t nnz_a = nnz_a_;
-    if (ws_.keys.size() < static_cast<size_t>(f) + 8) ws_.keys.resize(static_cast<size_t>(f) + 8);
-    if (ws_.vals.size() < static_cast<size_t>(f) + 8) ws_.vals.resize(static_cast<size_t>(f) + 8);
+    if (ws_.keys.size() < static_cast<size_t>(f + pad)) ws_.keys.resize(static_cast<size_t>(f + pad));
+    if (ws_.vals.size() < static_cast<size_t>(f + pad)) ws_.vals.resize(static_cast<size_t>(f + pad));
     I* keys = ws_.keys.data();
     V* vals = ws_.vals.data();
     int64_t n = 0;
@@ -457,7 +465,6 @@ class RowEngine {
         vals[n] = V(0) + product(av, bx[u]);
       }
     }
-    P::sort_pairs_into(keys, vals, n, oj, ox);
     return n;
   }
 
@@ -465,27 +472,8 @@ class RowEngine {
   // position (so equal columns stay in A's order and sum as scipy sums them), equal columns merged. No
   // accumulator arrays are touched.
   int64_t esc(int64_t s, int64_t e, int64_t f, I* oj, V* ox) {
-    const I* aj = aj_;
-    const V* ax = ax_;
-    const I* bp = bp_;
-    const I* bj = bj_;
-    const V* bx = bx_;
-    const int64_t nnz_a = nnz_a_;
-    if (ws_.keys.size() < static_cast<size_t>(f) + 16) ws_.keys.resize(static_cast<size_t>(f) + 16);
-    if (ws_.vals.size() < static_cast<size_t>(f) + 16) ws_.vals.resize(static_cast<size_t>(f) + 16);
-    I* keys = ws_.keys.data();
-    V* vals = ws_.vals.data();
-    int64_t n = 0;
-    for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-      const I k = aj[t];
-      const V av = ax[t];
-      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
-        keys[n] = bj[u];
-        vals[n] = V(0) + product(av, bx[u]);
-      }
-    }
-    const int64_t len = P::esc_sort_merge(keys, vals, n, oj, ox);
+    const int64_t n = expand(s, e, f, 16);
+    const int64_t len = P::esc_sort_merge(ws_.keys.data(), ws_.vals.data(), n, oj, ox);
     if ((n - len) * 8 > n) esc_skip_ = kEscSkipRows;
     return len;
   }
