@@ -175,6 +175,8 @@ def main(argv=None):
     ap.add_argument("--target", default="dense_output", choices=("dense_output", "dense_weights"),
                     help="what the refit matches (see reconstruct_pointwise)")
     ap.add_argument("--damp", type=float, default=0.01, help="ridge strength of the refit, relative to the input energy")
+    ap.add_argument("--reconstruct-mask", default="keep", choices=("keep", "activation"),
+                    help="refit on the magnitude masks (keep) or re-choose each row's kept inputs by |w|*||x|| first")
     ap.add_argument("--no-timing", dest="timing", action="store_false", help="measure the agreement only, no latency")
     ap.add_argument("--sparsities", default="0.7,0.8,0.9")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "efficientnet_lite0_sparse.json"))
@@ -207,7 +209,8 @@ def main(argv=None):
                 fold_batchnorm(m)
                 magnitude = fidelity(m, x, dense_logits)
                 t = time.perf_counter()
-                layers = reconstruct_pointwise(m, calib, dense, target=args.target, damp=args.damp)
+                layers = reconstruct_pointwise(m, calib, dense, target=args.target, damp=args.damp,
+                                               mask=args.reconstruct_mask)
                 seconds = time.perf_counter() - t
                 before = np.array([v["before"] for v in layers.values()])
                 after = np.array([v["after"] for v in layers.values()])
@@ -222,7 +225,8 @@ def main(argv=None):
         info[s] = {"pointwise_convs": n, "swapped": swapped, "top1_agreement": agree, "photos": int(x.shape[0])}
         if args.reconstruct:
             info[s].update({"reconstructed": fid, "magnitude_only": magnitude, "calibration_crops": args.reconstruct,
-                            "target": args.target, "damp": args.damp, "reconstruct_seconds": seconds,
+                            "target": args.target, "damp": args.damp, "mask": args.reconstruct_mask,
+                            "reconstruct_seconds": seconds,
                             "threads": torch.get_num_threads(), "layers": layers})
         print(f"sparsity {s}: {swapped}/{n} 1x1 convs swapped, top-1 agreement with dense {agree:.3f} on {x.shape[0]} crops")
     x1 = x[:1].contiguous()

@@ -171,3 +171,30 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="argument 'dense'"):
         reconstruct_pointwise(model, x, nn.Sequential(nn.Conv2d(1, 2, 1)).eval())
     assert reconstruct_pointwise(copy.deepcopy(dense), x, dense, progress=False) == {}  # nothing pruned
+
+
+def test_activation_masks_keep_each_rows_count_and_fit_the_calibration_better(trained):
+    dense, calib_pool, xt, _ = trained
+    names = _pointwise(dense)
+    pruned = _prune(copy.deepcopy(dense), 0.8)
+    kept = copy.deepcopy(pruned)
+    rep_keep = reconstruct_pointwise(kept, calib_pool[:256], dense, progress=False)
+    chosen = copy.deepcopy(pruned)
+    rep_act = reconstruct_pointwise(chosen, calib_pool[:256], dense, mask="activation", progress=False)
+    moved = 0
+    for n in names:
+        w0 = pruned.get_submodule(n).weight.reshape(pruned.get_submodule(n).weight.shape[0], -1)
+        w1 = chosen.get_submodule(n).weight.reshape(w0.shape)
+        # Same number of kept weights in every output row (so the layer's sparsity is unchanged) ...
+        assert torch.equal((w1 != 0).sum(1), (w0 != 0).sum(1)), n
+        moved += int(((w1 != 0) & (w0 == 0)).sum())
+    assert moved > 0  # ... but not the same weights: the calibration activations moved some
+    # Choosing by |w| * ||x|| targets each layer's output error on the calibration inputs.
+    assert sum(r["after"] for r in rep_act.values()) < sum(r["after"] for r in rep_keep.values())
+    _, dense_logits = _layer_outputs(dense, names, xt)
+    top = dense_logits.argmax(1)
+    agree = {k: float((_layer_outputs(m, names, xt)[1].argmax(1) == top).float().mean())
+             for k, m in (("keep", kept), ("activation", chosen))}
+    print(f"80% held-out agreement: refit on magnitude masks {agree['keep']:.3f}, on activation masks "
+          f"{agree['activation']:.3f}")
+    assert agree["activation"] > agree["keep"] - 0.03

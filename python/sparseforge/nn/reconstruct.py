@@ -24,6 +24,7 @@ from sparseforge.nn.sparse_conv import is_eligible_conv
 __all__ = ["reconstruct_pointwise"]
 
 TARGETS = ("dense_output", "dense_weights")
+MASKS = ("keep", "activation")
 RIDGE_TO = ("dense", "zero")
 # Padded Gram submatrices of one solve batch, in float64 elements (128 MiB).
 _SOLVE_BUDGET = 1 << 24
@@ -177,10 +178,12 @@ def _split(calib, batch_size: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: str = "dense_output",
-                          damp: float = 0.01, ridge_to: str = "dense", layers: Iterable[str] | None = None,
-                          batch_size: int = 32, progress: bool = True) -> dict[str, dict]:
+                          damp: float = 0.01, ridge_to: str = "dense", mask: str = "keep",
+                          layers: Iterable[str] | None = None, batch_size: int = 32,
+                          progress: bool = True) -> dict[str, dict]:
     """Refits, in place, the kept weights (and bias) of the pruned 1x1 convs and Linears of ``model`` by
-    ridge least squares on calibration activations, keeping every sparsity mask exactly.
+    ridge least squares on calibration activations, keeping every sparsity mask exactly (``mask="keep"``) or
+    re-choosing each row's kept inputs from the calibration activations with the same count per row.
 
     Layers are refitted in the order the forward pass reaches them, each on the inputs ``model`` produces
     with the earlier layers already refitted. For a layer with input samples X [d, n] (d = in channels,
@@ -203,6 +206,11 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
         ridge_to: what the ridge pulls the kept weights towards. ``"dense"`` (default): their dense values, so
             input directions the calibration set does not excite (dead or rare channels) keep the trained
             weights instead of collapsing to zero, and a full mask refits to the dense layer for any damp.
+        mask: ``"keep"`` (default): refit on the existing masks. ``"activation"``: first re-choose, per output
+            row and keeping its number of kept weights (so every layer's sparsity is unchanged), the inputs
+            with the largest ``|w_dense| * ||x||`` (the dense weight times the input channel's RMS over the
+            calibration samples, the saliency of Wanda, Sun et al. 2023), then refit. A registered Mask is
+            updated to the new pattern.
         layers: module names to refit (default: every 1x1 conv of ``is_eligible_conv`` and every Linear
             whose weight has at least one pruned entry). A named layer with a full mask is refitted too.
         progress: a tqdm bar over the layers.
@@ -231,6 +239,8 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
         raise ValueError(f"reconstruct_pointwise(): argument 'target' must be one of {TARGETS}, got {target!r}")
     if ridge_to not in RIDGE_TO:
         raise ValueError(f"reconstruct_pointwise(): argument 'ridge_to' must be one of {RIDGE_TO}, got {ridge_to!r}")
+    if mask not in MASKS:
+        raise ValueError(f"reconstruct_pointwise(): argument 'mask' must be one of {MASKS}, got {mask!r}")
     if not (isinstance(damp, (int, float)) and damp >= 0 and damp == damp):
         raise ValueError(f"reconstruct_pointwise(): argument 'damp' must be a number >= 0, got {damp!r}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -299,7 +309,7 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
         node = steps.nodes[i]
         dense_out = dense_steps.run(i) if dense_steps is not None else None
         if node.op == "call_module" and node.target == nxt:
-            report[nxt] = _refit(modules[nxt], dense_modules[nxt], steps.inputs(i), dense_out, damp, ridge_to)
+            report[nxt] = _refit(modules[nxt], dense_modules[nxt], steps.inputs(i), dense_out, damp, ridge_to, mask)
             if bar is not None:
                 bar.update(1)
             nxt = next(pending, None)
@@ -309,8 +319,17 @@ def reconstruct_pointwise(model: nn.Module, calib, dense: nn.Module, *, target: 
     return report
 
 
+def _activation_mask(keep: torch.Tensor, wd: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """Per row, the same number of kept entries as ``keep``, at the largest |wd| * sqrt(energy)."""
+    score = wd.abs() * energy.clamp_min(0).sqrt()[None, :]
+    order = torch.argsort(score, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
+    return rank < keep.sum(1, keepdim=True)
+
+
 def _refit(m: nn.Module, dm: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor] | None, damp: float,
-           ridge_to: str) -> dict:
+           ridge_to: str, mask: str = "keep") -> dict:
     has_bias = m.bias is not None
     out_ch = m.weight.shape[0]
     keep = _mask_of(m)
@@ -340,10 +359,15 @@ def _refit(m: nn.Module, dm: nn.Module, xs: list[torch.Tensor], ys: list[torch.T
                      device=gram.device)
     if has_bias:
         lam[-1] = 0.0  # the bias is a free offset; shrinking it towards zero has no reason
-    keep_aug = torch.cat([keep, keep.new_ones(out_ch, 1)], 1) if has_bias else keep
     w_old = m.weight.detach().reshape(out_ch, -1).to(torch.float64) * keep
     if has_bias:
         w_old = torch.cat([w_old, m.bias.detach().to(torch.float64)[:, None]], 1)
+    if mask == "activation":
+        c = keep.shape[1]
+        keep = _activation_mask(keep, wd[:, :c], gram.diagonal()[:c])
+        if parametrize.is_parametrized(m, "weight"):
+            m.parametrizations.weight[0].mask.copy_(keep.reshape(m.parametrizations.weight[0].mask.shape))
+    keep_aug = torch.cat([keep, keep.new_ones(out_ch, 1)], 1) if has_bias else keep
     w_new = _solve_rows(gram, cross, keep_aug, lam, wd if ridge_to == "dense" else None)
     before, after = _rel_error(w_old, gram, cross, yy), _rel_error(w_new, gram, cross, yy)
     stored = _stored_weight(m)
