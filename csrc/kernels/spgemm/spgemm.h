@@ -45,8 +45,11 @@ void spgemm_release_pool();         // frees the chunks the pool keeps
 // with room for its bound min(flop, cols)); the next chunk starts when the bound does not fit, so the
 // copy-out can replay the placement from the rows' bounds and lengths. Chunks are drawn from the call's
 // allowance (`chunks_left`, shared by all parts); chunks_left == nullptr turns fusing off.
+// One cache line each: the parts sit side by side in SpgemmPlan::parts and every row written bumps its
+// part's `used`, so two parts sharing a line made the threads fight over it on every row (Poisson 2-D on
+// two threads: 5.6 -> 4.6 ms, 1.46x -> 1.75x over one thread).
 template <typename V, typename I>
-struct SpgemmPart {
+struct alignas(64) SpgemmPart {
   // Entries per chunk: columns first, then values (8-aligned).
   static constexpr int64_t kEntries = (kSpgemmChunkBytes / static_cast<int64_t>(sizeof(I) + sizeof(V))) & ~int64_t{7};
   std::vector<void*> chunks;
