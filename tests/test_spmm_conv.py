@@ -34,6 +34,8 @@ SHAPES = [  # (n, c_in, c_out, hw): tails of every tile width, 1 pixel, 1 channe
     (1, 5, 7, 13), (2, 17, 9, 100), (1, 64, 33, 196), (3, 3, 1, 1), (1, 40, 30, 49), (2, 24, 10, 197), (1, 1, 5, 70),
     (1, 9, 6, 255),  # AVX-512's widest tail: 127 px = 7 full vectors + 15 lanes
     (1, 300, 11, 130),  # c_in spans several L1 panel groups (partial sums in y), not a multiple of 32
+    (1, 20, 7, 35),  # 1-4 px past whole vectors go through the 4-lane tail buffer (here 3; 49, 100, 130, 196 too)
+    (1, 33, 9, 144),  # a last remainder of one whole vector joins the tile before it (AVX-512: 128 + 16 px)
 ]
 
 

@@ -25,28 +25,46 @@ namespace {
 
 constexpr int64_t kPanelBytes = 64 * 1024;  // the x buffer: L1 (48 KiB on Zen 5) plus what L2 prefetch hides
 
-template <class V, int R, int VS, int NV, bool MASK, bool CLAMP>
-inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs, float* y,
-                        int64_t hw, const float* bias, bool from_y, bool final, typename V::Reg vmin,
-                        typename V::Reg vmax, typename V::Mask mask) {
+// Pixels of a tile of rem px that go through the 4-lane tail (0: none): 1-4 px past at least one whole vector.
+template <class V>
+inline int tail_px(int64_t rem) {
+  const int64_t t = rem % V::W;
+  return rem >= V::W && t >= 1 && t <= 4 ? static_cast<int>(t) : 0;
+}
+
+template <class V, int R, int VS, int NV, bool MASK, bool TAIL, bool CLAMP>
+inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs,
+                        const float* xt, int tail, float* y, int64_t hw, const float* bias, bool from_y, bool final,
+                        typename V::Reg vmin, typename V::Reg vmax, typename V::Mask mask) {
   using Reg = typename V::Reg;
+  using Reg4 = typename V::Reg4;
   constexpr int S = (R * NV <= 4) ? 2 : 1;
   Reg acc[S][R][NV];
-  for (int r = 0; r < R; ++r)
+  Reg4 acc4[S][R];
+  for (int r = 0; r < R; ++r) {
     for (int v = 0; v < NV; ++v) {
       const float* yp = y + r * hw + V::W * v;
       acc[0][r][v] = from_y ? ((MASK && v == NV - 1) ? V::load_masked(yp, mask) : V::loadu(yp))
                             : V::set1(bias ? bias[r] : 0.0f);
       if (S > 1) acc[S - 1][r][v] = V::zero();
     }
+    if constexpr (TAIL) {
+      acc4[0][r] = from_y ? V::load4_masked(y + r * hw + V::W * NV, tail) : V::low4(V::set1(bias ? bias[r] : 0.0f));
+      if (S > 1) acc4[S - 1][r] = V::low4(V::zero());
+    }
+  }
   int32_t e = 0;
-  auto step = [&](int s) {
-    const float* xp = xb + static_cast<int64_t>(chan[e]) * xs;
+  auto step = [&](int s) __attribute__((always_inline)) {
+    const int64_t k = chan[e];
+    const float* xp = xb + k * xs;
     Reg xv[NV];
     for (int v = 0; v < NV; ++v) xv[v] = V::load(xp + V::W * v);
+    typename V::Reg4 xv4;
+    if constexpr (TAIL) xv4 = V::load4(xt + 4 * k);
     for (int r = 0; r < R; ++r) {
       const Reg wv = V::set1(vals[static_cast<int64_t>(e) * VS + r]);
       for (int v = 0; v < NV; ++v) acc[s][r][v] = V::fma(xv[v], wv, acc[s][r][v]);
+      if constexpr (TAIL) acc4[s][r] = V::fma4(xv4, V::low4(wv), acc4[s][r]);
     }
     ++e;
   };
@@ -56,7 +74,7 @@ inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, con
       step(S - 1);
     }
   while (e < cnt) step(0);
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
     for (int v = 0; v < NV; ++v) {
       Reg a = acc[0][r][v];
       if (S > 1) a = V::add(a, acc[S - 1][r][v]);
@@ -67,16 +85,41 @@ inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, con
       else
         V::storeu(yp, a);
     }
+    if constexpr (TAIL) {
+      Reg4 a = acc4[0][r];
+      if (S > 1) a = V::add4(a, acc4[S - 1][r]);
+      if (CLAMP && final) a = V::min4(V::max4(a, V::low4(vmin)), V::low4(vmax));
+      V::store4_masked(y + r * hw + V::W * NV, tail, a);
+    }
+  }
 }
 
-// A tile of rem <= NVMAX * W px: ceil(rem / W) vectors, y's last one masked when rem is not a multiple.
+// A tile of rem <= (NVMAX + 1) * W px. When it ends in 1-4 px past whole vectors (7x7 maps: 48 + 1,
+// 14x14: 192 + 4), those px come from a 4-float-per-channel tail buffer `xt` through 128-bit loads and
+// FMAs: a whole vector per entry for them cost a fifth of the 7x7 time (4 loads per entry instead of 3),
+// and the padded rows crowded the x buffer. Otherwise ceil(rem / W) vectors, y's last one masked.
 template <class V, int R, int VS, int NVMAX, bool CLAMP>
 inline void panel_tile(int64_t rem, const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs,
-                       float* y, int64_t hw, const float* bias, bool from_y, bool final, typename V::Reg vmin,
-                       typename V::Reg vmax) {
+                       const float* xt, float* y, int64_t hw, const float* bias, bool from_y, bool final,
+                       typename V::Reg vmin, typename V::Reg vmax) {
+  const int tail = tail_px<V>(rem);
+  if (tail > 0) {
+    switch (rem / V::W) {
+#define SF_CASE(K)                                                                                              \
+  case K:                                                                                                       \
+    if constexpr (K <= NVMAX)                                                                                   \
+      panel_micro<V, R, VS, K, false, true, CLAMP>(vals, chan, cnt, xb, xs, xt, tail, y, hw, bias, from_y, final, \
+                                                   vmin, vmax, V::tail_mask(V::W));                             \
+    break;
+      SF_CASE(1) SF_CASE(2) SF_CASE(3) SF_CASE(4) SF_CASE(5) SF_CASE(6) SF_CASE(7) SF_CASE(8)
+#undef SF_CASE
+      default: break;
+    }
+    return;
+  }
   if (rem == V::W * NVMAX) {
-    panel_micro<V, R, VS, NVMAX, false, CLAMP>(vals, chan, cnt, xb, xs, y, hw, bias, from_y, final, vmin, vmax,
-                                               V::tail_mask(V::W));
+    panel_micro<V, R, VS, NVMAX, false, false, CLAMP>(vals, chan, cnt, xb, xs, xt, 0, y, hw, bias, from_y, final,
+                                                      vmin, vmax, V::tail_mask(V::W));
     return;
   }
   const int nv = static_cast<int>((rem + V::W - 1) / V::W);
@@ -84,10 +127,11 @@ inline void panel_tile(int64_t rem, const float* vals, const int32_t* chan, int3
   switch (nv) {
 #define SF_CASE(K)                                                                                              \
   case K:                                                                                                       \
-    if constexpr (K <= NVMAX)                                                                                   \
-      panel_micro<V, R, VS, K, true, CLAMP>(vals, chan, cnt, xb, xs, y, hw, bias, from_y, final, vmin, vmax, mask); \
+    if constexpr (K <= NVMAX + 1)                                                                               \
+      panel_micro<V, R, VS, K, true, false, CLAMP>(vals, chan, cnt, xb, xs, xt, 0, y, hw, bias, from_y, final,   \
+                                                   vmin, vmax, mask);                                           \
     break;
-    SF_CASE(1) SF_CASE(2) SF_CASE(3) SF_CASE(4) SF_CASE(5) SF_CASE(6) SF_CASE(7) SF_CASE(8)
+    SF_CASE(1) SF_CASE(2) SF_CASE(3) SF_CASE(4) SF_CASE(5) SF_CASE(6) SF_CASE(7) SF_CASE(8) SF_CASE(9)
 #undef SF_CASE
     default: break;
   }
@@ -105,15 +149,20 @@ void panel_run(const SpmmConvWeights& w, const float* x, float* y, int64_t hw, i
                int64_t b1) {
   constexpr int64_t T = V::W * NV;
   static_assert(kSpmmConvPanel * T * 4 <= kPanelBytes, "one panel of one tile must fit the buffer");
-  alignas(64) float xb[kPanelBytes / 4];
+  // A last remainder of at most one vector joins the tile before it (one more vector, or the 4-lane
+  // tail, instead of a walk of its own), so that tile may take up to (NV + 1) / NV of the budget.
+  alignas(64) float xb[kPanelBytes / 4 / NV * (NV + 1)];
+  alignas(64) float xt[kPanelBytes / 4 / V::W * 4];  // tail rows, 4 floats per channel
   const typename V::Reg vmin = V::set1(w.out_min), vmax = V::set1(w.out_max);
   const int64_t full_blocks_end = std::min<int64_t>(b1, w.c_out / B);
   const int64_t P = w.n_panels;
   const int64_t group = panel_group<V>(w, T, m1 - m0);
-  for (int64_t m = m0; m < m1; m += T) {
-    const int64_t rem = std::min<int64_t>(T, m1 - m);
-    const int64_t xs = (rem + V::W - 1) / V::W * V::W;  // buffer row stride: whole vectors, zero-padded
-    const typename V::Mask copy_tail = V::tail_mask(rem - (xs - V::W));
+  for (int64_t m = m0, rem; m < m1; m += rem) {
+    rem = m1 - m <= T + V::W ? m1 - m : T;
+    const int tail = tail_px<V>(rem);
+    // Buffer row stride: whole vectors, zero-padded (without the tail's px, which go to xt).
+    const int64_t xs = tail ? rem - tail : (rem + V::W - 1) / V::W * V::W;
+    const typename V::Mask copy_tail = V::tail_mask(rem - tail - (xs - V::W));
     for (int64_t s0 = 0; s0 < P; s0 += group) {
       const int64_t s1 = std::min(P, s0 + group);
       const bool first = s0 == 0, last = s1 == P;
@@ -123,8 +172,13 @@ void panel_run(const SpmmConvWeights& w, const float* x, float* y, int64_t hw, i
         float* dst = xb + (k - k0) * xs;
         for (int64_t v = 0; v + V::W < xs; v += V::W) V::store(dst + v, V::loadu(src + v));
         V::store(dst + xs - V::W, V::load_masked(src + xs - V::W, copy_tail));
+        if (tail) {
+          float* t4 = xt + (k - k0) * 4;
+          for (int q = 0; q < 4; ++q) t4[q] = q < tail ? src[xs + q] : 0.0f;
+        }
       }
       const float* xk = xb - k0 * xs;  // indexed by absolute channel
+      const float* xtk = xt - k0 * 4;
       for (int64_t b = b0; b < b1; ++b) {
         const int32_t* pe = w.panel_entry + b * (P + 1);
         const int32_t e0 = pe[s0], cnt = pe[s1] - e0;
@@ -135,11 +189,11 @@ void panel_run(const SpmmConvWeights& w, const float* x, float* y, int64_t hw, i
         const int64_t co = b * B;
         const float* bias = w.bias ? w.bias + co : nullptr;
         if (b < full_blocks_end) {
-          panel_tile<V, B, B, NV, CLAMP>(rem, vals, chan, cnt, xk, xs, y + co * hw + m, hw, bias, !first, last, vmin,
-                                         vmax);
+          panel_tile<V, B, B, NV, CLAMP>(rem, vals, chan, cnt, xk, xs, xtk, y + co * hw + m, hw, bias, !first, last,
+                                         vmin, vmax);
         } else {  // the last, partial block: its rows one at a time
           for (int r = 0; r < static_cast<int>(w.c_out - co); ++r)
-            panel_tile<V, 1, B, NV, CLAMP>(rem, vals + r, chan, cnt, xk, xs, y + (co + r) * hw + m, hw,
+            panel_tile<V, 1, B, NV, CLAMP>(rem, vals + r, chan, cnt, xk, xs, xtk, y + (co + r) * hw + m, hw,
                                            bias ? bias + r : nullptr, !first, last, vmin, vmax);
         }
       }
