@@ -33,7 +33,7 @@ inline int tail_px(int64_t rem) {
 }
 
 template <class V, int R, int VS, int NV, bool MASK, bool TAIL, bool CLAMP>
-inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs,
+__attribute__((always_inline)) inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs,
                         const float* xt, int tail, float* y, int64_t hw, const float* bias, bool from_y, bool final,
                         typename V::Reg vmin, typename V::Reg vmax, typename V::Mask mask) {
   using Reg = typename V::Reg;
@@ -99,7 +99,7 @@ inline void panel_micro(const float* vals, const int32_t* chan, int32_t cnt, con
 // FMAs: a whole vector per entry for them cost a fifth of the 7x7 time (4 loads per entry instead of 3),
 // and the padded rows crowded the x buffer. Otherwise ceil(rem / W) vectors, y's last one masked.
 template <class V, int R, int VS, int NVMAX, bool CLAMP>
-inline void panel_tile(int64_t rem, const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs,
+__attribute__((always_inline)) inline void panel_tile(int64_t rem, const float* vals, const int32_t* chan, int32_t cnt, const float* xb, int64_t xs,
                        const float* xt, float* y, int64_t hw, const float* bias, bool from_y, bool final,
                        typename V::Reg vmin, typename V::Reg vmax) {
   const int tail = tail_px<V>(rem);
