@@ -96,7 +96,24 @@ def exact_row_lengths(rng, dt, it, ncols=200_000):
     return rows_from_lists(a_lists, 400, rng, dt, it), rows_from_lists(b_lists, ncols, rng, dt, it)
 
 
+def fem_blocks(rng, dt, it, bs=6, blocks=60, per_row=4):
+    # FEM-like: block rows of bs dofs that all couple to the same few nearby blocks, so consecutive terms
+    # of a row of A take rows of B with identical column lists made of runs of bs consecutive columns
+    # (the dense-span path's pattern groups; bs > 8 splits a run across vectors, bs > 32 a group across
+    # kMaxGroup). A row's neighbour blocks vary, so groups of different patterns alternate.
+    lists = []
+    for blk in range(blocks):
+        nb = np.unique(np.clip(blk + rng.integers(-3, 4, per_row), 0, blocks - 1))
+        cols = np.concatenate([np.arange(c * bs, c * bs + bs) for c in np.r_[blk, nb]])
+        lists += [np.unique(cols)] * bs
+    m = rows_from_lists(lists, blocks * bs, rng, dt, it)
+    return m, rows_from_lists(lists, blocks * bs, rng, dt, it)
+
+
 CASES = {
+    "fem_blocks": fem_blocks,
+    "fem_blocks_long_runs": lambda rng, dt, it: fem_blocks(rng, dt, it, bs=11, blocks=30),
+    "fem_blocks_big_groups": lambda rng, dt, it: fem_blocks(rng, dt, it, bs=40, blocks=8, per_row=2),
     "interleaved_paths": interleaved_rows,
     "exact_row_lengths": exact_row_lengths,
     # Columns just under 2^23: the largest the ESC path packs with a position into one int32 key.

@@ -217,6 +217,12 @@ struct ScalarPolicy {
     for (int64_t q = 0; q < n; ++q) ox[q] = acc[oj[q]];
     return cheap;
   }
+  // Dense-span rows: g terms whose rows of B share one column list `cols` [len] (P::accumulate_group
+  // adds them run by run); off: the policy has no such path.
+  static constexpr bool kGroupAccumulate = false;
+  template <typename I, typename V>
+  static void accumulate_group(const V* av, const int64_t* us, int64_t g, const I* cols, int64_t len, const V* bx,
+                               V* acc, uint8_t* flags) {}
   template <typename V>
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];

@@ -191,6 +191,42 @@ struct Avx512Policy : Avx2Policy {
     return n + Avx2Policy::gather_flags(flags, j, hi, acc, oj + n, ox + n);  // the < 64-column tail
   }
 
+  // g terms of a dense-span row whose rows of B have the same columns (FEM: an element's or a node's
+  // dofs): per run of up to 8 consecutive columns, acc is loaded once, the g terms' products are added in
+  // the row's order (multiply and add kept apart, as the scalar loop rounds), and acc is stored once. The
+  // scalar loop did a load-add-store of acc per product; masked loads here would wait on the masked store
+  // of the term before (no store forwarding), which is why runs are carried across the whole group.
+  static constexpr bool kGroupAccumulate = true;
+  template <typename I, typename V>
+  static void accumulate_group(const V* av, const int64_t* us, int64_t g, const I* cols, int64_t len, const V* bx,
+                               V* acc, uint8_t* flags) {
+    for (int64_t p = 0; p < len;) {
+      const I j0 = cols[p];
+      int64_t run = 1;
+      while (run < 8 && p + run < len && cols[p + run] == j0 + run) ++run;
+      const __mmask8 m = static_cast<__mmask8>((1u << run) - 1u);
+      if constexpr (sizeof(V) == 8) {
+        __m512d a = _mm512_maskz_loadu_pd(m, acc + j0);
+        for (int64_t q = 0; q < g; ++q) {
+          __m512d prod = _mm512_mul_pd(_mm512_set1_pd(av[q]), _mm512_maskz_loadu_pd(m, bx + us[q] + p));
+          asm("" : "+v"(prod));  // no FMA contraction: the product is rounded first, as scipy does
+          a = _mm512_add_pd(a, prod);
+        }
+        _mm512_mask_storeu_pd(acc + j0, m, a);
+      } else {
+        __m256 a = _mm256_maskz_loadu_ps(m, acc + j0);
+        for (int64_t q = 0; q < g; ++q) {
+          __m256 prod = _mm256_mul_ps(_mm256_set1_ps(av[q]), _mm256_maskz_loadu_ps(m, bx + us[q] + p));
+          asm("" : "+v"(prod));
+          a = _mm256_add_ps(a, prod);
+        }
+        _mm256_mask_storeu_ps(acc + j0, m, a);
+      }
+      _mm_mask_storeu_epi8(flags + j0, m, _mm_set1_epi8(1));
+      p += run;
+    }
+  }
+
   static constexpr int64_t kEscMin = 32, kEscMax = kNetworkMax;
   // (column << 8 | position) keys, n <= 256 of them, columns < kEscMaxCols.
   template <typename I, typename V>
