@@ -184,25 +184,26 @@ class RowEngine {
   }
 
   int64_t dense_flags(int64_t s, int64_t e, int64_t wlo, int64_t whi, I* oj, V* ox) {
-    const I* aj = aj_;
-    const V* ax = ax_;
-    const I* bp = bp_;
-    const I* bj = bj_;
-    const V* bx = bx_;
-    const int64_t nnz_a = nnz_a_, cols = cols_;
-    uint8_t* flags = ws_.ensure_dense(cols, true);
+    uint8_t* flags = ws_.ensure_dense(cols_, true);
     V* acc = ws_.acc.data();
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-      const I k = aj[t];
-      const V av = ax[t];
-      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-        const I j = bj[u];
-        acc[j] += product(av, bx[u]);
-        flags[j] = 1;
-      }
+      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
+      add_term(t, acc, flags);
     }
     return P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
+  }
+
+  // acc[j] += a_t * B[k, j] and flags[j] = 1 over row k = aj[t] of B (a dense-span row's term).
+  __attribute__((always_inline)) void add_term(int64_t t, V* acc, uint8_t* flags) const {
+    const I* bj = bj_;
+    const V* bx = bx_;
+    const I k = aj_[t];
+    const V av = ax_[t];
+    for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
+      const I j = bj[u];
+      acc[j] += product(av, bx[u]);
+      flags[j] = 1;
+    }
   }
 
   // dense_flags for rows whose terms come in groups over rows of B with the same columns (FEM): each
@@ -211,31 +212,21 @@ class RowEngine {
   // changed for the matrices that have no such groups (try_groups).
   __attribute__((noinline)) int64_t dense_flags_grouped(int64_t s, int64_t e, int64_t wlo, int64_t whi, I* oj, V* ox) {
     const I* aj = aj_;
-    const V* ax = ax_;
     const I* bp = bp_;
-    const I* bj = bj_;
-    const V* bx = bx_;
-    const int64_t nnz_a = nnz_a_, cols = cols_;
-    uint8_t* flags = ws_.ensure_dense(cols, true);
+    uint8_t* flags = ws_.ensure_dense(cols_, true);
     V* acc = ws_.acc.data();
     int64_t us[kMaxGroup];
     for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a_, bp, bj_, bx_);
       const int64_t g = pattern_group(t, e);
-      if (g > 1) {
-        if (group_trial_) group_terms_ += g;
-        for (int64_t q = 0; q < g; ++q) us[q] = bp[aj[t + q]];
-        P::accumulate_group(ax + t, us, g, bj + us[0], static_cast<int64_t>(bp[aj[t] + 1]) - us[0], bx, acc, flags);
-        t += g - 1;
+      if (g == 1) {
+        add_term(t, acc, flags);
         continue;
       }
-      const I k = aj[t];
-      const V av = ax[t];
-      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u) {
-        const I j = bj[u];
-        acc[j] += product(av, bx[u]);
-        flags[j] = 1;
-      }
+      if (group_trial_) group_terms_ += g;
+      for (int64_t q = 0; q < g; ++q) us[q] = bp[aj[t + q]];
+      P::accumulate_group(ax_ + t, us, g, bj_ + us[0], static_cast<int64_t>(bp[aj[t] + 1]) - us[0], bx_, acc, flags);
+      t += g - 1;
     }
     return P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
   }
