@@ -36,6 +36,21 @@ inline void emit_run32(int64_t base, V* acc, I* oj, V* ox) {
   }
 }
 
+// Emits the live columns j + (set bits of `live`) in ascending order with their values, clearing acc behind
+// them; returns the new output count. The sparse case of gather_flags (AVX2: 32 flags a word, AVX-512: 64).
+template <typename Bits, typename V, typename I>
+inline int64_t emit_live(Bits live, int64_t j, V* acc, I* oj, V* ox, int64_t n) {
+  while (live) {
+    const int64_t c = j + __builtin_ctzll(static_cast<unsigned long long>(live));
+    live &= live - 1;
+    oj[n] = static_cast<I>(c);
+    ox[n] = acc[c];
+    acc[c] = V(0);
+    ++n;
+  }
+  return n;
+}
+
 // The rank sort shared by the three entry points below: for a block of 8 keys, count with 8-lane compares
 // how many keys are smaller than each (n*n/8 compares in all), then hand every key's rank to `store(rank,
 // i)`, which writes key i (and whatever travels with it) to that rank. No data-dependent branches, so
@@ -133,14 +148,7 @@ struct Avx2Policy : ScalarPolicy {
         n += 32;
         continue;
       }
-      while (live) {
-        const int64_t c = j + __builtin_ctz(live);
-        live &= live - 1;
-        oj[n] = static_cast<I>(c);
-        ox[n] = acc[c];
-        acc[c] = V(0);
-        ++n;
-      }
+      n = emit_live(live, j, acc, oj, ox, n);
     }
     return n + ScalarPolicy::gather_flags(flags, j, hi, acc, oj + n, ox + n);  // the < 32-column tail
   }

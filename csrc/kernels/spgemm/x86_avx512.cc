@@ -179,14 +179,7 @@ struct Avx512Policy : Avx2Policy {
         n += 64;
         continue;
       }
-      while (live) {
-        const int64_t c = j + __builtin_ctzll(live);
-        live &= live - 1;
-        oj[n] = static_cast<I>(c);
-        ox[n] = acc[c];
-        acc[c] = V(0);
-        ++n;
-      }
+      n = emit_live(live, j, acc, oj, ox, n);
     }
     return n + Avx2Policy::gather_flags(flags, j, hi, acc, oj + n, ox + n);  // the < 64-column tail
   }

@@ -10,7 +10,7 @@
 namespace sparseforge {
 
 namespace {
-struct Ymm {
+struct Ymm : Xmm4 {
   using Reg = __m256;
   using Mask = __m256i;
   static constexpr int W = 8;
@@ -30,20 +30,14 @@ struct Ymm {
     alignas(32) static const int32_t kLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - rem));
   }
-  // The 4-lane tail (x86_panels.h): 128-bit ops, stores masked by an int vector.
-  using Reg4 = __m128;
+  // The 4-lane tail (x86_panels.h): 1-4 lanes masked by an int vector.
   static __m128i mask4(int n) {
     alignas(16) static const int32_t kLanes[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(kLanes + 4 - n));
   }
   static Reg4 low4(Reg v) { return _mm256_castps256_ps128(v); }
-  static Reg4 load4(const float* p) { return _mm_load_ps(p); }
   static Reg4 load4_masked(const float* p, int n) { return _mm_maskload_ps(p, mask4(n)); }
   static void store4_masked(float* p, int n, Reg4 v) { _mm_maskstore_ps(p, mask4(n), v); }
-  static Reg4 fma4(Reg4 a, Reg4 b, Reg4 c) { return _mm_fmadd_ps(a, b, c); }
-  static Reg4 add4(Reg4 a, Reg4 b) { return _mm_add_ps(a, b); }
-  static Reg4 min4(Reg4 a, Reg4 b) { return _mm_min_ps(a, b); }
-  static Reg4 max4(Reg4 a, Reg4 b) { return _mm_max_ps(a, b); }
 };
 }  // namespace
 

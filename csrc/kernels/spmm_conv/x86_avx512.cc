@@ -11,7 +11,7 @@
 namespace sparseforge {
 
 namespace {
-struct Zmm {
+struct Zmm : Xmm4 {
   using Reg = __m512;
   using Mask = __mmask16;
   static constexpr int W = 16;
@@ -28,16 +28,10 @@ struct Zmm {
   static Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   static Mask tail_mask(int64_t rem) { return static_cast<Mask>((1u << rem) - 1u); }  // rem in [1, 16]
-  // The 4-lane tail (x86_panels.h): 128-bit ops (AVX-512VL masks for the 1-4 px stored).
-  using Reg4 = __m128;
+  // The 4-lane tail (x86_panels.h): 1-4 lanes masked by AVX-512VL masks.
   static Reg4 low4(Reg v) { return _mm512_castps512_ps128(v); }
-  static Reg4 load4(const float* p) { return _mm_load_ps(p); }
   static Reg4 load4_masked(const float* p, int n) { return _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << n) - 1u), p); }
   static void store4_masked(float* p, int n, Reg4 v) { _mm_mask_storeu_ps(p, static_cast<__mmask8>((1u << n) - 1u), v); }
-  static Reg4 fma4(Reg4 a, Reg4 b, Reg4 c) { return _mm_fmadd_ps(a, b, c); }
-  static Reg4 add4(Reg4 a, Reg4 b) { return _mm_add_ps(a, b); }
-  static Reg4 min4(Reg4 a, Reg4 b) { return _mm_min_ps(a, b); }
-  static Reg4 max4(Reg4 a, Reg4 b) { return _mm_max_ps(a, b); }
 };
 }  // namespace
 

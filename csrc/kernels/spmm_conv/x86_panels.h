@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include <immintrin.h>
+
 #include "spmm_conv.h"
 
 namespace sparseforge {
@@ -26,6 +28,17 @@ namespace {
 // The x buffer: L1 (48 KiB on Zen 5) plus what L2 prefetch hides. 72 rather than 64 KiB: a 1024-channel
 // 7x7 layer (48 px + the 4-float tail per channel) then fits in 3 panel groups instead of 4 (-4%).
 constexpr int64_t kPanelBytes = 72 * 1024;
+
+// The 128-bit ops of the 4-lane tail, the same for both vector types (each includer's flags give FMA);
+// a vector type adds low4 and the masked 1-4 lane load / store its ISA has.
+struct Xmm4 {
+  using Reg4 = __m128;
+  static Reg4 load4(const float* p) { return _mm_load_ps(p); }
+  static Reg4 fma4(Reg4 a, Reg4 b, Reg4 c) { return _mm_fmadd_ps(a, b, c); }
+  static Reg4 add4(Reg4 a, Reg4 b) { return _mm_add_ps(a, b); }
+  static Reg4 min4(Reg4 a, Reg4 b) { return _mm_min_ps(a, b); }
+  static Reg4 max4(Reg4 a, Reg4 b) { return _mm_max_ps(a, b); }
+};
 
 // Pixels of a tile of rem px that go through the 4-lane tail (0: none): 1-4 px past at least one whole vector.
 template <class V>
