@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -420,3 +421,60 @@ def test_pooled_chunks_never_leak_into_the_next_product(isa):
         c = spgemm(small_a, small_b)
         assert np.isfinite(c.data).all()
         np.testing.assert_array_equal(c.data, scipy_ref(small_a, small_b).data)
+
+
+def _pooled_case():
+    # C's float64 values fill more than 4 MiB, so they come from the output pool (pooled_array.h).
+    a = rand_csr(1500, 1500, 24, np.random.default_rng(31))
+    r = scipy_ref(a, a)
+    assert r.data.nbytes >= 4 << 20
+    return a, r
+
+
+def test_output_pool_reuses_a_dead_result_and_rewrites_all_of_it():
+    a, r = _pooled_case()
+    _C.spgemm_release_buffers()
+    c = spgemm(a, a)
+    addr = c.data.ctypes.data
+    c.data[:] = np.nan  # poison the block before it goes back to the pool
+    del c
+    stats = _C.output_pool_stats()
+    assert stats["kept_blocks"] >= 1 and stats["kept_bytes"] >= r.data.nbytes
+    c = spgemm(a, a)
+    assert c.data.ctypes.data == addr  # the dead result's block, already faulted in
+    assert _C.output_pool_stats()["reused"] == stats["reused"] + 1
+    check_same_structure(c, r)
+    np.testing.assert_array_equal(c.data, r.data)
+
+
+def test_output_pool_never_hands_out_a_live_array():
+    a, r = _pooled_case()
+    c1 = spgemm(a, a)
+    c2 = spgemm(a, a)
+    assert c1.data.ctypes.data != c2.data.ctypes.data
+    c2.data[:] = np.nan
+    del c2
+    _C.spgemm_release_buffers()
+    assert _C.output_pool_stats()["kept_bytes"] == 0
+    # Releasing frees only dead results' blocks: c1 is intact and can still be written.
+    np.testing.assert_array_equal(c1.data, r.data)
+    c1.data *= 2
+    np.testing.assert_array_equal(c1.data, 2 * r.data)
+
+
+def test_output_pool_budget_zero_keeps_nothing():
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, scipy.sparse as sp\n"
+            "from sparseforge import _C\n"
+            "from sparseforge.ops import spgemm\n"
+            "a = sp.random(1500, 1500, density=0.016, format='csr', random_state=1)\n"
+            "c = spgemm(a, a)\n"
+            "assert c.data.nbytes >= 4 << 20\n"
+            "del c\n"
+            "print(_C.output_pool_stats()['kept_bytes'])\n")
+    env = dict(os.environ, SPARSEFORGE_OUTPUT_POOL_MB="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "0"

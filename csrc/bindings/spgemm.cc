@@ -6,6 +6,7 @@
 
 #include "kernels/spgemm/spgemm.h"
 #include "op_registry.h"
+#include "pooled_array.h"
 #include "validate.h"
 
 namespace py = pybind11;
@@ -83,8 +84,9 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   if (static_cast<uint64_t>(nnz) > static_cast<uint64_t>(std::numeric_limits<I>::max()))
     throw py::value_error(std::string(kFn) + "(): the product has " + std::to_string(nnz) +
                           " nonzeros, more than int32 indices can address; pass int64 indptr/indices");
-  py::array_t<I> c_indices(nnz);
-  py::array_t<V> c_data(nnz);
+  // C's large arrays reuse the blocks of earlier, dead results (pooled_array.h): no page faults.
+  py::array_t<I> c_indices = bind::pooled_array<I>(nnz);
+  py::array_t<V> c_data = bind::pooled_array<V>(nnz);
   {
     py::gil_scoped_release release;
     spgemm_numeric<V, I>(a, b, &plan, c_indptr.data(), c_indices.mutable_data(), c_data.mutable_data());
@@ -133,8 +135,17 @@ SPARSEFORGE_BIND_OP(
         d["fused_rows"] = g_last_fused.load(), d["rows"] = g_last_rows.load(), d["parts"] = g_last_parts.load();
         return d;
       }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts.");
-      mod.def("spgemm_release_buffers", [] { spgemm_release_pool(); },
-              "Frees the fused-pass buffer chunks spgemm keeps between calls (up to the fuse budget).");
+      mod.def("spgemm_release_buffers", [] {
+        spgemm_release_pool();
+        bind::pool_release_all();
+      }, "Frees the memory spgemm keeps between calls: its fused-pass buffer chunks (up to the fuse budget) and\n"
+         "the blocks of dead output arrays (up to SPARSEFORGE_OUTPUT_POOL_MB). Live results stay valid.");
+      mod.def("output_pool_stats", [] {
+        const bind::PoolStats s = bind::pool_stats();
+        py::dict d;
+        d["kept_bytes"] = s.kept_bytes, d["kept_blocks"] = s.kept_blocks, d["reused"] = s.reused, d["mapped"] = s.mapped;
+        return d;
+      }, "The output-array pool: bytes and blocks kept for reuse, blocks reused and newly allocated so far.");
       mod.def("spgemm_row_flops", [](py::handle ap, py::handle aj, py::handle ash, py::handle bp, py::handle bsh) {
         // Partial products per row (sum over k in A_i of nnz(B_k)); int64 [rows].
         auto [ar, ac] = require_shape("a_shape", ash);

@@ -1,0 +1,56 @@
+// Large output arrays whose memory is kept for the next call after the array dies.
+//
+// Why: an op that returns a fresh 50 MB array (spgemm's C on FEM or text matrices) pays a page fault per
+// page of it on every call (glibc maps allocations above 32 MB afresh each time and unmaps them on
+// free). On this VM that costs 4 ms of a 40 ms product on one thread, and 7-30 ms of system time when two
+// threads fault at once. The block of a dead array goes back to a process-wide pool instead, and the
+// next call of a similar size takes it, already faulted in. Smaller arrays come from numpy as usual: the
+// malloc heap already reuses them without faults.
+//
+// The pool keeps at most SPARSEFORGE_OUTPUT_POOL_MB (default 256) of free blocks; a block is reused only
+// for a request of at least 2/3 of its size, so a small result never pins a large block.
+// sparseforge._C.spgemm_release_buffers() frees every kept block (blocks of live arrays stay valid).
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sparseforge::bind {
+
+namespace py = pybind11;
+
+constexpr size_t kPooledMinBytes = size_t{4} << 20;  // below this, numpy's own allocation
+
+struct PooledBlock {
+  void* ptr;
+  size_t bytes;
+};
+
+PooledBlock pool_acquire(size_t bytes);  // throws std::bad_alloc when memory runs out
+void pool_release(PooledBlock b);
+void pool_release_all();
+
+struct PoolStats {
+  int64_t kept_bytes = 0, kept_blocks = 0, reused = 0, mapped = 0;
+};
+PoolStats pool_stats();
+
+// A 1-D array of n elements of T: pooled memory when it is large, numpy's otherwise.
+template <typename T>
+py::array_t<T> pooled_array(int64_t n) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+  if (bytes < kPooledMinBytes) return py::array_t<T>(n);
+  auto* block = new PooledBlock(pool_acquire(bytes));
+  py::capsule owner(block, [](void* p) {
+    auto* b = static_cast<PooledBlock*>(p);
+    pool_release(*b);
+    delete b;
+  });
+  return py::array_t<T>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))},
+                        static_cast<T*>(block->ptr), owner);
+}
+
+}  // namespace sparseforge::bind
