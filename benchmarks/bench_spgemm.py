@@ -4,7 +4,8 @@
 
 Every ratio is measured in one process with the contenders interleaved round by round, so machine noise
 hits them alike: first sparseforge 1T, scipy and torch 1T back to back, then sparseforge 1T against 2T with
-an idle pause before each call (see below). The order rotates from round to round, so that no contender
+an idle pause before each call (see below), each such "cold" call followed at once by a "warm" one (the
+2-thread worker still awake, as in a loop of products; column "warm 1T/2T"). The order rotates from round to round, so that no contender
 always runs right after the one whose freed memory the allocator has just handed back to the kernel (the
 next big allocation then pays the page faults). The table shows the median of the
 per-round ratios and their spread (min–max over rounds). Before timing, each case's product is checked
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         os.environ.pop("SPARSEFORGE_ISA")
     only = set(args.only.split(",")) if args.only else None
     header = (f"{'case':16s} {'rows':>8s} {'nnz(A)':>9s} {'flops':>11s} {'nnz(C)':>10s} {'sf 1T ms':>9s} "
-              f"{'scipy/sf1T':>16s} {'torch/sf1T':>16s} {'sf1T/sf2T':>16s}"
+              f"{'scipy/sf1T':>16s} {'torch/sf1T':>16s} {'sf1T/sf2T':>16s} {'warm 1T/2T':>16s}"
               + (f" {'scipy/' + cmp_isa:>16s} {cmp_isa + '/sf1T':>16s}" if cmp_isa else "")
               + "   cpu: scipy torch (/sf1T, CPU time)")
     print(f"kernel {record['kernel']}" + (f" (and {record['compare_kernel']} forced)" if cmp_isa else "")
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
         cz.eliminate_zeros()  # scipy drops exact cancellations; sparseforge keeps the structural product
         equal = (np.array_equal(cz.indptr, r.indptr) and np.array_equal(cz.indices, r.indices)
                  and np.array_equal(cz.data, r.data))
-        times = {"sf1": [], "scipy": [], "torch": [], "sf1b": [], "sf2": []}
+        times = {"sf1": [], "scipy": [], "torch": [], "sf1b": [], "sf2": [], "sf1b_warm": [], "sf2_warm": []}
         if cmp_isa:
             times["sf1_cmp"] = []
         cpu = {k: [] for k in times}
@@ -167,16 +168,19 @@ def main(argv=None) -> int:
         # Then 1 against 2 threads, each call after an idle pause: after a 2-thread call the OpenMP worker
         # (torch's libgomp team, which parallel_for runs on) spin-waits for a few ms, which process CPU
         # time would charge to the next call, and on a busy machine the spinner takes a core from it.
+        # Each idle-then-call ("cold": a 2-thread call first wakes the sleeping worker, 0.3-0.6 ms on this VM)
+        # is followed at once by a second call ("warm": the worker still spins, as in a loop of products).
         calls = {"sf1b": lambda: sf_threads(1), "sf2": lambda: sf_threads(2)}
         order = list(calls)
         for rnd in range(repeats):
             for k in order[rnd % 2:] + order[:rnd % 2]:
                 time.sleep(settle)
                 times[k].append(timed(calls[k], cpu[k], sys_t[k]))
+                times[k + "_warm"].append(timed(calls[k], cpu[k + "_warm"], sys_t[k + "_warm"]))
         _C.set_num_threads(0)
         t = {k: np.array(v) for k, v in times.items()}
         ratios = {"scipy_over_sf1": t["scipy"] / t["sf1"], "torch_over_sf1": t["torch"] / t["sf1"],
-                  "sf1_over_sf2": t["sf1b"] / t["sf2"]}
+                  "sf1_over_sf2": t["sf1b"] / t["sf2"], "sf1_over_sf2_warm": t["sf1b_warm"] / t["sf2_warm"]}
         if cmp_isa:
             ratios["scipy_over_sf1_cmp"] = t["scipy"] / t["sf1_cmp"]
             ratios["sf1_cmp_over_sf1"] = t["sf1_cmp"] / t["sf1"]
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
             return f"{np.median(x):5.2f} [{x.min():.2f}-{x.max():.2f}]"
 
         print(f"{name:16s} {a.shape[0]:8d} {a.nnz:9d} {flops:11d} {c.nnz:10d} {np.median(t['sf1']) * 1e3:9.2f} "
-              f"{fmt(ratios['scipy_over_sf1']):>16s} {fmt(ratios['torch_over_sf1']):>16s} {fmt(ratios['sf1_over_sf2']):>16s}"
+              f"{fmt(ratios['scipy_over_sf1']):>16s} {fmt(ratios['torch_over_sf1']):>16s} {fmt(ratios['sf1_over_sf2']):>16s} {fmt(ratios['sf1_over_sf2_warm']):>16s}"
               + (f" {fmt(ratios['scipy_over_sf1_cmp']):>16s} {fmt(ratios['sf1_cmp_over_sf1']):>16s}" if cmp_isa else "")
               + f"   cpu: {np.median(cpu_ratios['scipy_over_sf1']):5.2f} {np.median(cpu_ratios['torch_over_sf1']):5.2f}"
               f"  2T/1T cpu {np.median(cpu_ratios['cpu_sf2_over_sf1']):4.2f}  bal {balance:.3f}"
