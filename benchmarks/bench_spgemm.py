@@ -13,7 +13,8 @@ against scipy (identical structure and values). Writes a JSON record with all ra
 call's system time (page faults).
 
 Also printed: the same single-thread ratios in process CPU time (robust when other processes share the
-cores), and "bal", the flop balance of the 2-thread row split (max part / mean part; the 2T/1T speed-up
+cores) and in user CPU time only (leaves out page faults, which a contender pays when the allocator hands
+it memory another contender just freed, differently from round to round), and "bal", the flop balance of the 2-thread row split (max part / mean part; the 2T/1T speed-up
 can be at most 2 / bal).
 """
 
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     header = (f"{'case':16s} {'rows':>8s} {'nnz(A)':>9s} {'flops':>11s} {'nnz(C)':>10s} {'sf 1T ms':>9s} "
               f"{'scipy/sf1T':>16s} {'torch/sf1T':>16s} {'sf1T/sf2T':>16s} {'warm 1T/2T':>16s}"
               + (f" {'scipy/' + cmp_isa:>16s} {cmp_isa + '/sf1T':>16s}" if cmp_isa else "")
-              + "   cpu: scipy torch (/sf1T, CPU time)")
+              + "   cpu, user: scipy torch (/sf1T, process CPU time; user time only)")
     print(f"kernel {record['kernel']}" + (f" (and {record['compare_kernel']} forced)" if cmp_isa else "")
           + f", {repeats} interleaved rounds, ratios: median [min-max]")
     print(header)
@@ -187,8 +188,13 @@ def main(argv=None) -> int:
         c_ = {k: np.array(v) for k, v in cpu.items()}
         # CPU-time ratios of the single-threaded contenders: insensitive to other processes taking turns
         # on the cores (they still share caches); a cross-check of the wall-clock ratios on a busy machine.
+        # User CPU time leaves out the page faults (system time) that a contender pays when the allocator
+        # hands it memory another one just freed; it varies from round to round (ER's scipy call: 0-65 ms
+        # of system time on a 20 ms product), so this is the steadier measure of the kernels themselves.
+        u_ = {k: c_[k] - np.array(sys_t[k]) for k in ("sf1", "scipy", "torch")}
         cpu_ratios = {"scipy_over_sf1": c_["scipy"] / c_["sf1"], "torch_over_sf1": c_["torch"] / c_["sf1"],
-                      "cpu_sf2_over_sf1": c_["sf2"] / c_["sf1b"]}
+                      "cpu_sf2_over_sf1": c_["sf2"] / c_["sf1b"],
+                      "user_scipy_over_sf1": u_["scipy"] / u_["sf1"], "user_torch_over_sf1": u_["torch"] / u_["sf1"]}
         # Flop balance of a 2-way row split as the kernel splits (by nnz(A_i) + 1; parts are claimed
         # dynamically, 4 per thread): the ideal 2T/1T speed-up is 2 / (max half / mean half).
         fl = _C.spgemm_row_flops(a.indptr, a.indices, a.shape, b.indptr, b.shape)
@@ -204,6 +210,7 @@ def main(argv=None) -> int:
               f"{fmt(ratios['scipy_over_sf1']):>16s} {fmt(ratios['torch_over_sf1']):>16s} {fmt(ratios['sf1_over_sf2']):>16s} {fmt(ratios['sf1_over_sf2_warm']):>16s}"
               + (f" {fmt(ratios['scipy_over_sf1_cmp']):>16s} {fmt(ratios['sf1_cmp_over_sf1']):>16s}" if cmp_isa else "")
               + f"   cpu: {np.median(cpu_ratios['scipy_over_sf1']):5.2f} {np.median(cpu_ratios['torch_over_sf1']):5.2f}"
+              f"  user: {np.median(cpu_ratios['user_scipy_over_sf1']):5.2f} {np.median(cpu_ratios['user_torch_over_sf1']):5.2f}"
               f"  2T/1T cpu {np.median(cpu_ratios['cpu_sf2_over_sf1']):4.2f}  bal {balance:.3f}"
               + ("" if equal else "  NOT EQUAL TO SCIPY"), flush=True)
         record["cases"].append({
