@@ -3,7 +3,10 @@
 Row-wise (Gustavson) with per-row hash, dense or sorted-list accumulators. A first pass computes each
 row once into pooled buffers (up to 64 MiB per call, ``SPARSEFORGE_SPGEMM_FUSE_MB``) and counts the rest,
 which sizes the output exactly; a second pass copies the buffered rows into it and computes the others.
-Runs on ``sparseforge._C.num_threads()`` threads (see ``csrc/kernels/spgemm/README.md``).
+Output arrays of 4 MiB or more are views of blocks that return to a pool when the result dies, so a loop
+of products does not page-fault its outputs anew (``SPARSEFORGE_OUTPUT_POOL_MB``, default 256, bounds what
+is kept; ``sparseforge._C.spgemm_release_buffers()`` frees it). Runs on ``sparseforge._C.num_threads()``
+threads (see ``csrc/kernels/spgemm/README.md``).
 """
 
 from __future__ import annotations
