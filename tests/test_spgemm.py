@@ -362,18 +362,24 @@ def _fused_case(rng):
     return rand_csr(12_000, 12_000, 14, rng), rand_csr(12_000, 15_000, 14, rng)
 
 
+@pytest.mark.parametrize("direct", ["0", "1"], ids=["buffered", "direct"])
 @pytest.mark.parametrize("budget_mb", ["0", "2", "6", None])
-def test_fuse_budget_splits_rows_identically(budget_mb, isa, threads, monkeypatch):
+def test_fuse_budget_splits_rows_identically(budget_mb, direct, isa, threads, monkeypatch):
     rng = np.random.default_rng(21)
     a, b = _fused_case(rng)
     if budget_mb is None:
         monkeypatch.delenv("SPARSEFORGE_SPGEMM_FUSE_MB", raising=False)
     else:
         monkeypatch.setenv("SPARSEFORGE_SPGEMM_FUSE_MB", budget_mb)
+    monkeypatch.setenv("SPARSEFORGE_SPGEMM_DIRECT", direct)
     p, j, x = raw(a, b)
     stats = _C.spgemm_last_stats()
+    # The first part writes into C in place (no budget) whenever fusing is on; a budget of 0 turns both off.
+    assert stats["direct"] == (direct == "1" and budget_mb != "0")
     if budget_mb == "0":
         assert stats["fused_rows"] == 0
+    elif stats["direct"] and stats["parts"] == 1:
+        assert stats["fused_rows"] == a.shape[0]
     elif budget_mb in ("2", "6"):  # one / three chunks: some rows fused, the rest two-pass
         assert 0 < stats["fused_rows"] < a.shape[0]
     else:
@@ -385,6 +391,26 @@ def test_fuse_budget_splits_rows_identically(budget_mb, isa, threads, monkeypatc
     np.testing.assert_array_equal(j, j0)
     np.testing.assert_array_equal(x, x0)
     r = scipy_ref(a, b)
+    np.testing.assert_array_equal(j, r.indices)
+    np.testing.assert_array_equal(x, r.data)
+
+
+def test_direct_part_leaves_slots_for_deferred_rows(isa, threads, monkeypatch):
+    # In the direct part, rows with >= 8x more products than columns are only counted in the first pass
+    # and computed into their slots of C by the second, between rows written in place around them.
+    rng = np.random.default_rng(24)
+    n, k = 4000, 2000  # est. 1.2 M products: enough output for C to be reserved up front
+    lens = np.where(np.arange(n) % 3 == 0, 40, 3)  # f = 800 >= 8 * 64 (deferred) or 60 (in place)
+    a = rows_from_lists([rng.choice(k, m, replace=False) for m in lens], k, rng, np.float64, np.int32)
+    b = rand_csr(k, 64, 20, rng)
+    monkeypatch.delenv("SPARSEFORGE_SPGEMM_FUSE_MB", raising=False)
+    monkeypatch.delenv("SPARSEFORGE_SPGEMM_DIRECT", raising=False)
+    p, j, x = raw(a, b)
+    stats = _C.spgemm_last_stats()
+    assert stats["direct"]
+    assert stats["fused_rows"] < n
+    r = scipy_ref(a, b)
+    np.testing.assert_array_equal(p, r.indptr)
     np.testing.assert_array_equal(j, r.indices)
     np.testing.assert_array_equal(x, r.data)
 

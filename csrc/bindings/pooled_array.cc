@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -13,6 +14,7 @@ namespace sparseforge::bind {
 namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kMaxKeptBlocks = 32;
 
 size_t budget_bytes() {
   static const size_t b = [] {
@@ -38,31 +40,67 @@ Pool& pool() {
 
 }  // namespace
 
-PooledBlock pool_acquire(size_t bytes) {
-  const size_t want = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  Pool& p = pool();
-  {
-    std::lock_guard<std::mutex> lk(p.mu);
-    // The smallest kept block that fits, if the request would fill at least 2/3 of it.
-    auto best = p.free.end();
-    for (auto it = p.free.begin(); it != p.free.end(); ++it)
-      if (it->bytes >= want && want * 3 >= it->bytes * 2 && (best == p.free.end() || it->bytes < best->bytes)) best = it;
-    if (best != p.free.end()) {
-      const PooledBlock b = *best;
-      p.free.erase(best);
-      p.kept -= b.bytes;
-      ++p.reused;
-      return b;
-    }
-    ++p.mapped;
-  }
-  // Huge-page aligned, so THP can back all of it: one fault per 2 MB on first use instead of 512.
-  void* ptr = std::aligned_alloc(kHugePage, want);
-  if (ptr == nullptr) throw std::bad_alloc();
+namespace {
+
+// 2 MiB-aligned anonymous mapping, so THP can back all of it (one fault per 2 MB on first use instead of
+// 512). MAP_NORESERVE: a reservation's unwritten pages are never committed.
+void* map_block(size_t bytes) {
+  const size_t span = bytes + kHugePage;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (r + kHugePage - 1) / kHugePage * kHugePage;
+  if (start > r) munmap(raw, start - r);
+  if (r + span > start + bytes) munmap(reinterpret_cast<void*>(start + bytes), r + span - (start + bytes));
+  void* ptr = reinterpret_cast<void*>(start);
 #if defined(MADV_HUGEPAGE)
-  madvise(ptr, want, MADV_HUGEPAGE);
+  madvise(ptr, bytes, MADV_HUGEPAGE);
 #endif
-  return {ptr, want};
+  return ptr;
+}
+
+void unmap_block(const PooledBlock& b) { munmap(b.ptr, b.bytes); }
+
+// The smallest kept block of at least `want` bytes that the request fills to 2/3 or more, taken out of
+// the pool; {nullptr} when there is none.
+PooledBlock take_kept(size_t want) {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lk(p.mu);
+  auto best = p.free.end();
+  for (auto it = p.free.begin(); it != p.free.end(); ++it)
+    if (it->bytes >= want && want * 3 >= it->bytes * 2 && (best == p.free.end() || it->bytes < best->bytes)) best = it;
+  if (best == p.free.end()) {
+    ++p.mapped;
+    return {};
+  }
+  const PooledBlock b = *best;
+  p.free.erase(best);
+  p.kept -= b.resident;
+  ++p.reused;
+  return b;
+}
+
+size_t round_up(size_t bytes) { return (std::max<size_t>(bytes, 1) + kHugePage - 1) / kHugePage * kHugePage; }
+
+}  // namespace
+
+PooledBlock pool_acquire(size_t bytes) {
+  const size_t want = round_up(bytes);
+  PooledBlock b = take_kept(want);
+  if (b.ptr != nullptr) return b;
+  void* ptr = map_block(want);
+  if (ptr == nullptr) throw std::bad_alloc();
+  return {ptr, want, want};
+}
+
+PooledBlock pool_reserve(size_t bytes) {
+  const size_t want = round_up(bytes);
+  if (want < bytes) return {};  // overflow
+  PooledBlock b = take_kept(want);
+  if (b.ptr != nullptr) return b;
+  void* ptr = map_block(want);
+  if (ptr == nullptr) return {};
+  return {ptr, want, 0};
 }
 
 void pool_release(PooledBlock b) {
@@ -71,19 +109,20 @@ void pool_release(PooledBlock b) {
   {
     Pool& p = pool();
     std::lock_guard<std::mutex> lk(p.mu);
-    if (b.bytes > budget) {
+    if (budget == 0 || b.resident > budget) {
       drop.push_back(b);
     } else {
       p.free.push_back(b);
-      p.kept += b.bytes;
-      while (p.kept > budget) {  // the oldest go first
+      p.kept += b.resident;
+      // The oldest go first; the block count is capped too, since an unwritten reservation counts 0 bytes.
+      while (p.kept > budget || p.free.size() > kMaxKeptBlocks) {
         drop.push_back(p.free.front());
-        p.kept -= p.free.front().bytes;
+        p.kept -= p.free.front().resident;
         p.free.erase(p.free.begin());
       }
     }
   }
-  for (const PooledBlock& d : drop) std::free(d.ptr);
+  for (const PooledBlock& d : drop) unmap_block(d);
 }
 
 void pool_release_all() {
@@ -94,7 +133,7 @@ void pool_release_all() {
     drop.swap(p.free);
     p.kept = 0;
   }
-  for (const PooledBlock& d : drop) std::free(d.ptr);
+  for (const PooledBlock& d : drop) unmap_block(d);
 }
 
 PoolStats pool_stats() {

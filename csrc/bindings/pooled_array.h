@@ -15,6 +15,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -24,12 +25,17 @@ namespace py = pybind11;
 
 constexpr size_t kPooledMinBytes = size_t{4} << 20;  // below this, numpy's own allocation
 
+// `bytes` of address space; `resident` of them may have been written (what the pool's budget counts).
 struct PooledBlock {
-  void* ptr;
-  size_t bytes;
+  void* ptr = nullptr;
+  size_t bytes = 0, resident = 0;
 };
 
 PooledBlock pool_acquire(size_t bytes);  // throws std::bad_alloc when memory runs out
+// An address-space reservation of `bytes` for an output whose final size is known only after it is
+// written (spgemm writes C's first rows in place, within an upper bound): pages cost memory only once
+// written. A kept reservation is reused by the same 2/3 rule. {nullptr, 0} when it cannot be mapped.
+PooledBlock pool_reserve(size_t bytes);
 void pool_release(PooledBlock b);
 void pool_release_all();
 
@@ -38,12 +44,12 @@ struct PoolStats {
 };
 PoolStats pool_stats();
 
-// A 1-D array of n elements of T: pooled memory when it is large, numpy's otherwise.
+// A 1-D array of the first n elements of T in block b, which it then owns (b goes back to the pool when
+// the array dies); b.resident is raised to cover them.
 template <typename T>
-py::array_t<T> pooled_array(int64_t n) {
-  const size_t bytes = static_cast<size_t>(n) * sizeof(T);
-  if (bytes < kPooledMinBytes) return py::array_t<T>(n);
-  auto* block = new PooledBlock(pool_acquire(bytes));
+py::array_t<T> array_in_block(PooledBlock b, int64_t n) {
+  b.resident = std::max(b.resident, std::min(b.bytes, static_cast<size_t>(n) * sizeof(T)));
+  auto* block = new PooledBlock(b);
   py::capsule owner(block, [](void* p) {
     auto* b = static_cast<PooledBlock*>(p);
     pool_release(*b);
@@ -51,6 +57,14 @@ py::array_t<T> pooled_array(int64_t n) {
   });
   return py::array_t<T>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))},
                         static_cast<T*>(block->ptr), owner);
+}
+
+// A 1-D array of n elements of T: pooled memory when it is large, numpy's otherwise.
+template <typename T>
+py::array_t<T> pooled_array(int64_t n) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(T);
+  if (bytes < kPooledMinBytes) return py::array_t<T>(n);
+  return array_in_block<T>(pool_acquire(bytes), n);
 }
 
 }  // namespace sparseforge::bind

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 
 #if !defined(__wasi__)
 #include <sys/mman.h>
@@ -162,6 +163,14 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
   plan->chunks_left.store(chunks);
   plan->parts.reset(new SpgemmPart<V, I>[static_cast<size_t>(parts)]);
   for (int p = 0; p < parts; ++p) plan->parts[static_cast<size_t>(p)].chunks_left = chunks > 0 ? &plan->chunks_left : nullptr;
+  // Part 0's rows start at C's entry 0: with C's storage given, they are written there directly (a budget
+  // of 0 keeps the plain two passes, for tests and comparisons).
+  plan->direct_used = chunks > 0 && plan->direct_j != nullptr && plan->direct_x != nullptr;
+  if (plan->direct_used) {
+    plan->parts[0].direct_j = plan->direct_j;
+    plan->parts[0].direct_x = plan->direct_x;
+    plan->parts[0].direct_budgeted = parts > 1;
+  }
   c_indptr[0] = 0;
   I* counts = c_indptr + 1;
   const std::vector<int64_t>& bd = plan->bounds;
@@ -184,18 +193,62 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
 template <typename V, typename I>
 void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, I>* plan, const I* c_indptr,
                     I* c_indices, V* c_data) {
+  using Part = SpgemmPart<V, I>;
   SpgemmNumericFn<V, I> fn = select_spgemm<V, I>(active_isa()).numeric;
   const std::vector<int64_t>& bd = plan->bounds;
   const int64_t parts = static_cast<int64_t>(bd.size()) - 1;
   const int64_t* flop = plan->flop.data();
   const uint8_t* fused = plan->fused.data();
-  SpgemmPart<V, I>* part = plan->parts.get();
-  parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
+  Part* part = plan->parts.get();
+  // The buffered rows' copy-out, cut into pieces of at most kPiece entries: a part's copy is memory-bound
+  // work that one thread would otherwise do alone (on two threads with a direct first part, the second
+  // part's copy was all of the second pass). The parts that left rows to this pass compute them first.
+  constexpr int64_t kPiece = int64_t{1} << 16;
+  struct Piece {
+    int64_t dst, len;
+    const I* src_j;
+    const V* src_x;
+  };
+  std::vector<Piece> pieces;
+  for (int64_t p = 0; p < parts; ++p)
+    for (const typename Part::Run& r : part[p].runs) {
+      void* chunk = part[p].chunks[static_cast<size_t>(r.chunk)];
+      const int64_t dst = c_indptr[r.row0], len = static_cast<int64_t>(c_indptr[r.row1]) - dst;
+      for (int64_t o = 0; o < len; o += kPiece)
+        pieces.push_back({dst + o, std::min(kPiece, len - o), Part::cols_of(chunk) + r.from + o,
+                          Part::vals_of(chunk) + r.from + o});
+    }
+  std::vector<int64_t> computing;
+  for (int64_t p = 0; p < parts; ++p)
+    if (part[p].deferred > 0) computing.push_back(p);
+  // Two regions, not one list of items: parallel_for hands out contiguous ranges of items, which would
+  // put every part's computing into one thread's range.
+  parallel_for(static_cast<int64_t>(computing.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t p = computing[static_cast<size_t>(i)];
       fn(a, b, flop, bd[p], bd[p + 1], c_indptr, c_indices, c_data, fused, part + p);
-      part[p].release();
     }
   });
+  parallel_for(static_cast<int64_t>(pieces.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const Piece& q = pieces[static_cast<size_t>(i)];
+      std::memcpy(c_indices + q.dst, q.src_j, static_cast<size_t>(q.len) * sizeof(I));
+      std::memcpy(c_data + q.dst, q.src_x, static_cast<size_t>(q.len) * sizeof(V));
+    }
+  });
+  for (int64_t p = 0; p < parts; ++p) part[p].release();
+}
+
+template <typename I>
+int64_t spgemm_direct_bound(const CsrRef<void, I>& a, const CsrRef<void, I>& b) {
+  int64_t longest = 0;
+  for (int64_t k = 0; k < b.rows; ++k) longest = std::max<int64_t>(longest, static_cast<int64_t>(b.indptr[k + 1]) - b.indptr[k]);
+  const int64_t nnz_a = a.indptr[a.rows];
+  int64_t bound = 0;
+  if (__builtin_mul_overflow(nnz_a, longest, &bound)) bound = INT64_MAX;
+  int64_t dense = 0;
+  if (!__builtin_mul_overflow(a.rows, b.cols, &dense)) bound = std::min(bound, dense);
+  return bound == INT64_MAX ? -1 : bound;
 }
 
 template <typename I>
@@ -247,6 +300,7 @@ std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, in
 #define SPGEMM_INST_I(I)                                                                                       \
   template int64_t spgemm_row_flops<I>(const CsrRef<void, I>&, const CsrRef<void, I>&, int64_t*);             \
   template std::string spgemm_check_csr<I>(const I*, const I*, int64_t, int64_t, int64_t);               \
+  template int64_t spgemm_direct_bound<I>(const CsrRef<void, I>&, const CsrRef<void, I>&);                  \
   template void spgemm_split_rows<I>(const I*, int64_t, int, int64_t*);
 #define SPGEMM_INST_VI(V, I)                                                                                   \
   template SpgemmKernel<V, I> select_spgemm<V, I>(Isa);                                                        \

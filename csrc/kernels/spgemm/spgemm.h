@@ -42,9 +42,10 @@ void spgemm_release_pool();         // frees the chunks the pool keeps
 
 // The buffer of one part of the fused pass (see spgemm_rows.h): the columns and values of the rows it
 // computed, in row order, until they are copied into C. A row is placed whole in one chunk (at `used`,
-// with room for its bound min(flop, cols)); the next chunk starts when the bound does not fit, so the
-// copy-out can replay the placement from the rows' bounds and lengths. Chunks are drawn from the call's
-// allowance (`chunks_left`, shared by all parts); chunks_left == nullptr turns fusing off.
+// with room for its bound min(flop, cols)); the next chunk starts when the bound does not fit. `runs`
+// records where each run of consecutive buffered rows sits, so the second pass can cut the copy-out into
+// equal pieces for all threads. Chunks are drawn from the call's allowance (`chunks_left`, shared by all
+// parts); chunks_left == nullptr turns fusing off.
 // One cache line each: the parts sit side by side in SpgemmPlan::parts and every row written bumps its
 // part's `used`, so two parts sharing a line made the threads fight over it on every row (Poisson 2-D on
 // two threads: 5.6 -> 4.6 ms, 1.46x -> 1.75x over one thread).
@@ -52,9 +53,37 @@ template <typename V, typename I>
 struct alignas(64) SpgemmPart {
   // Entries per chunk: columns first, then values (8-aligned).
   static constexpr int64_t kEntries = (kSpgemmChunkBytes / static_cast<int64_t>(sizeof(I) + sizeof(V))) & ~int64_t{7};
+  // Rows [row0, row1) sit contiguously in chunks[chunk] from entry `from`.
+  struct Run {
+    int64_t row0, row1, chunk, from;
+  };
   std::vector<void*> chunks;
+  std::vector<Run> runs;
   int64_t used = 0;
+  int64_t deferred = 0;  // rows left to the second pass
   std::atomic<int64_t>* chunks_left = nullptr;
+  // Direct part (the first part, when the caller gave C's storage up front, SpgemmPlan::direct_*): its
+  // rows go straight to C's arrays, one after the other from entry 0, which is where they belong, so
+  // they are never copied; rows left to the second pass keep their slots. `used` counts entries there.
+  // With other parts running, a direct part draws on the call's allowance too, a chunk per kEntries it
+  // writes, and stops computing rows in the first pass when it runs out, as they do: otherwise it would
+  // compute all its rows in the first pass while the others leave theirs to the second, and the passes
+  // would no longer balance across threads (R-MAT on two threads: 208 -> 300 ms).
+  I* direct_j = nullptr;
+  V* direct_x = nullptr;
+  bool direct_budgeted = false;
+  int64_t direct_paid = 0;  // entries covered by the chunks drawn so far
+
+  // Whether a direct part may compute its next row in place (always, when it is the only part).
+  bool direct_allowance() {
+    if (!direct_budgeted || used < direct_paid) return true;
+    if (chunks_left == nullptr || chunks_left->fetch_sub(1) <= 0) {
+      if (chunks_left != nullptr) chunks_left->fetch_add(1);
+      return false;
+    }
+    direct_paid += kEntries;
+    return true;
+  }
 
   SpgemmPart() = default;
   SpgemmPart(const SpgemmPart&) = delete;
@@ -63,6 +92,16 @@ struct alignas(64) SpgemmPart {
   void release() {
     for (void* c : chunks) spgemm_chunk_release(c);
     chunks.clear();
+    runs.clear();
+  }
+  // Row i was just placed at (back chunk, u); extends the last run or starts one.
+  void note_buffered(int64_t i, int64_t u) {
+    const int64_t c = static_cast<int64_t>(chunks.size()) - 1;
+    if (!runs.empty() && runs.back().row1 == i && runs.back().chunk == c) {
+      runs.back().row1 = i + 1;
+      return;
+    }
+    runs.push_back({i, i + 1, c, u});
   }
   static I* cols_of(void* c) { return static_cast<I*>(c); }
   static V* vals_of(void* c) { return reinterpret_cast<V*>(static_cast<char*>(c) + kEntries * sizeof(I)); }
@@ -84,8 +123,10 @@ struct alignas(64) SpgemmPart {
 
 // Row-range kernels. `flop` is [a.rows] with flop[i] = sum over k in A_i of nnz(B_k).
 // fused: writes flop[i] and the length of every row i in [r0, r1) to counts[i]; rows it computed
-// (fused[i] = 1) are in part's buffer, the others (fused[i] = 0) are left to numeric.
-// numeric: fills C's rows [r0, r1) given C's final indptr: copies the fused ones, computes the others.
+// (fused[i] = 1) are in part's buffer (or in place in C for a direct part), the others (fused[i] = 0)
+// are left to numeric.
+// numeric: computes the rows of [r0, r1) that fused left to it (fused[i] = 0) into C, given C's final
+// indptr; spgemm_numeric copies the buffered ones (part->runs) itself.
 template <typename V, typename I>
 using SpgemmFusedFn = void (*)(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0,
                                int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part);
@@ -146,7 +187,18 @@ struct SpgemmPlan {
   std::unique_ptr<SpgemmPart<V, I>[]> parts;
   std::atomic<int64_t> chunks_left{0};
   int64_t fused_rows = 0;  // how many rows the first pass computed (for tests and benchmarks)
+  // Optional, set by the caller before the first pass: C's indices and values storage, each with room for
+  // at least spgemm_direct_bound() entries (a reservation: only what is written costs memory). The first
+  // part then writes its rows there in place (SpgemmPart::direct_*), and numeric must get the same arrays.
+  I* direct_j = nullptr;
+  V* direct_x = nullptr;
+  bool direct_used = false;  // set by the first pass: part 0 wrote into direct_*
 };
+
+// An upper bound on nnz(C) that needs no pass over A: nnz(A) times B's longest row, at most rows * cols
+// (-1 when it overflows int64).
+template <typename I>
+int64_t spgemm_direct_bound(const CsrRef<void, I>& a, const CsrRef<void, I>& b);
 
 // Bytes all parts' buffers of one call may hold together, and the most the chunk pool keeps between calls:
 // SPARSEFORGE_SPGEMM_FUSE_MB (0 turns fusing off), default kSpgemmFuseBudgetMb.

@@ -471,7 +471,11 @@ void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int
   const I* ap = a.indptr;
   const I* aj = a.indices;
   const I* bp = b.indptr;
-  bool fuse = part->chunks_left != nullptr;
+  // A direct part writes into C itself, whose room the caller bounded (no chunks; the allowance only
+  // when other parts run too, SpgemmPart::direct_allowance).
+  I* const dj = part->direct_j;
+  V* const dx = part->direct_x;
+  bool fuse = dj != nullptr || part->chunks_left != nullptr;
   for (int64_t i = r0; i < r1; ++i) {
     int64_t f = 0;
     for (int64_t t = ap[i], te = ap[i + 1]; t < te; ++t) f += static_cast<int64_t>(bp[aj[t] + 1]) - bp[aj[t]];
@@ -482,57 +486,39 @@ void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int
       continue;
     }
     if (fuse && f < kDeferFlopPerCol * cols) {
-      if (part->place(std::min(f, cols))) {
-        void* c = part->chunks.back();
+      if (dj != nullptr ? part->direct_allowance() : part->place(std::min(f, cols))) {
         const int64_t u = part->used;
-        const int64_t n = eng.compute(i, f, -1, SpgemmPart<V, I>::cols_of(c) + u, SpgemmPart<V, I>::vals_of(c) + u);
+        void* c = dj != nullptr ? nullptr : part->chunks.back();
+        I* oj = (dj != nullptr ? dj : SpgemmPart<V, I>::cols_of(c)) + u;
+        V* ox = (dx != nullptr ? dx : SpgemmPart<V, I>::vals_of(c)) + u;
+        const int64_t n = eng.compute(i, f, -1, oj, ox);
         part->used = u + n;
+        if (dj == nullptr) part->note_buffered(i, u);
         counts[i] = static_cast<I>(n);
         fused[i] = 1;
         continue;
       }
       fuse = false;
     }
-    counts[i] = static_cast<I>(eng.count(i, f));
+    const int64_t n = eng.count(i, f);
+    counts[i] = static_cast<I>(n);
     fused[i] = 0;
+    ++part->deferred;
+    if (dj != nullptr) part->used += n;  // its slots in C, filled by the second pass
   }
 }
 
-// Numeric pass over rows [r0, r1) of C, allocated: fused rows are copied from the part's buffer (runs of
-// consecutive rows at once), the others computed into place.
+// Second pass over rows [r0, r1) of C, allocated: computes the rows the first pass left (fused[i] = 0)
+// into place. The buffered rows are copied by spgemm_numeric (part->runs); a direct part's are in place.
 template <class P, typename V, typename I>
 void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* flop, int64_t r0, int64_t r1,
                   const I* cp, I* cj, V* cx, const uint8_t* fused, const SpgemmPart<V, I>* part) {
-  using Part = SpgemmPart<V, I>;
+  (void)part;
   RowEngine<P, V, I> eng(a, b);
-  const int64_t cols = b.cols;
-  // Replays fused_rows' placement: chunk `c`, offset `used`; a run of rows [run0, i) sits contiguously
-  // at chunk c from run_from.
-  int64_t c = -1, used = 0, run0 = -1, run_from = 0;
-  auto flush = [&](int64_t end) {
-    if (run0 < 0) return;
-    const size_t len = static_cast<size_t>(static_cast<int64_t>(cp[end]) - cp[run0]);
-    void* chunk = part->chunks[static_cast<size_t>(c)];
-    std::memcpy(cj + cp[run0], Part::cols_of(chunk) + run_from, len * sizeof(I));
-    std::memcpy(cx + cp[run0], Part::vals_of(chunk) + run_from, len * sizeof(V));
-    run0 = -1;
-  };
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t nnz = static_cast<int64_t>(cp[i + 1]) - cp[i];
-    if (fused != nullptr && fused[i]) {
-      if (nnz == 0) continue;
-      if (c < 0 || used + std::min(flop[i], cols) > Part::kEntries) {
-        flush(i);
-        ++c, used = 0;
-      }
-      if (run0 < 0) run0 = i, run_from = used;
-      used += nnz;
-      continue;
-    }
-    flush(i);
-    if (nnz != 0) eng.compute(i, flop[i], nnz, cj + cp[i], cx + cp[i]);
+    if (nnz != 0 && (fused == nullptr || !fused[i])) eng.compute(i, flop[i], nnz, cj + cp[i], cx + cp[i]);
   }
-  flush(r1);
 }
 
 }  // namespace
