@@ -374,11 +374,14 @@ def test_fuse_budget_splits_rows_identically(budget_mb, direct, isa, threads, mo
     monkeypatch.setenv("SPARSEFORGE_SPGEMM_DIRECT", direct)
     p, j, x = raw(a, b)
     stats = _C.spgemm_last_stats()
-    # The first part writes into C in place (no budget) whenever fusing is on; a budget of 0 turns both off.
+    # Rows are written into C in place whenever fusing is on (a budget of 0 turns both off): all of them on
+    # one thread, and two halves (the lower one backwards) on two; other parts take the budgeted buffer.
     assert stats["direct"] == (direct == "1" and budget_mb != "0")
+    if stats["direct"]:
+        assert stats["direct_parts"] == min(stats["parts"], 2) == threads
     if budget_mb == "0":
         assert stats["fused_rows"] == 0
-    elif stats["direct"] and stats["parts"] == 1:
+    elif stats["direct"] and stats["parts"] == stats["direct_parts"]:
         assert stats["fused_rows"] == a.shape[0]
     elif budget_mb in ("2", "6"):  # one / three chunks: some rows fused, the rest two-pass
         assert 0 < stats["fused_rows"] < a.shape[0]
@@ -413,6 +416,22 @@ def test_direct_part_leaves_slots_for_deferred_rows(isa, threads, monkeypatch):
     np.testing.assert_array_equal(p, r.indptr)
     np.testing.assert_array_equal(j, r.indices)
     np.testing.assert_array_equal(x, r.data)
+
+
+def test_rows_longer_than_a_chunk_in_place(isa, threads):
+    # Written in place (C reserved up front), a row whose bound exceeds a scratch chunk cannot go through
+    # the lower half's backward blocks on two threads: it is counted there and computed by the second pass.
+    rng = np.random.default_rng(25)
+    a, b = rand_csr(8, 100, 100, rng, np.float32), rand_csr(100, 300_000, 3000, rng, np.float32)
+    c = spgemm(a, b)
+    stats = _C.spgemm_last_stats()
+    assert stats["direct_parts"] == threads
+    if threads == 2:
+        assert stats["fused_rows"] <= 4  # the lower half's rows
+    r = (a @ b).tocsr()
+    r.sort_indices()
+    check_same_structure(c, r)
+    np.testing.assert_array_equal(c.data, r.data)
 
 
 def test_deferred_rows_dense_and_longer_than_a_chunk(isa):

@@ -75,7 +75,7 @@ PooledBlock take_kept(size_t want) {
   }
   const PooledBlock b = *best;
   p.free.erase(best);
-  p.kept -= b.resident;
+  p.kept -= b.resident();
   ++p.reused;
   return b;
 }
@@ -90,7 +90,9 @@ PooledBlock pool_acquire(size_t bytes) {
   if (b.ptr != nullptr) return b;
   void* ptr = map_block(want);
   if (ptr == nullptr) throw std::bad_alloc();
-  return {ptr, want, want};
+  PooledBlock fresh{ptr, want};
+  fresh.wrote(0, want);
+  return fresh;
 }
 
 PooledBlock pool_reserve(size_t bytes) {
@@ -100,7 +102,7 @@ PooledBlock pool_reserve(size_t bytes) {
   if (b.ptr != nullptr) return b;
   void* ptr = map_block(want);
   if (ptr == nullptr) return {};
-  return {ptr, want, 0};
+  return {ptr, want};
 }
 
 void pool_release(PooledBlock b) {
@@ -109,15 +111,15 @@ void pool_release(PooledBlock b) {
   {
     Pool& p = pool();
     std::lock_guard<std::mutex> lk(p.mu);
-    if (budget == 0 || b.resident > budget) {
+    if (budget == 0 || b.resident() > budget) {
       drop.push_back(b);
     } else {
       p.free.push_back(b);
-      p.kept += b.resident;
+      p.kept += b.resident();
       // The oldest go first; the block count is capped too, since an unwritten reservation counts 0 bytes.
       while (p.kept > budget || p.free.size() > kMaxKeptBlocks) {
         drop.push_back(p.free.front());
-        p.kept -= p.free.front().resident;
+        p.kept -= p.free.front().resident();
         p.free.erase(p.free.begin());
       }
     }

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 namespace sparseforge::bind {
 
@@ -25,10 +26,38 @@ namespace py = pybind11;
 
 constexpr size_t kPooledMinBytes = size_t{4} << 20;  // below this, numpy's own allocation
 
-// `bytes` of address space; `resident` of them may have been written (what the pool's budget counts).
+// `bytes` of address space, of which the ranges in `written` may hold pages (what the pool's budget
+// counts): a reservation reused by products of other layouts (spgemm on one thread writes C from the
+// start, on two from a split point) holds pages in several places, and their hull would overcount.
 struct PooledBlock {
+  static constexpr int kRanges = 4;
   void* ptr = nullptr;
-  size_t bytes = 0, resident = 0;
+  size_t bytes = 0;
+  std::pair<size_t, size_t> written[kRanges] = {};
+  int ranges = 0;
+  size_t resident() const {
+    size_t r = 0;
+    for (int k = 0; k < ranges; ++k) r += written[k].second - written[k].first;
+    return r;
+  }
+  // Adds [from, to): merged with every range it overlaps or touches; past kRanges, into the last one.
+  void wrote(size_t from, size_t to) {
+    if (to <= from) return;
+    int out = 0;
+    for (int k = 0; k < ranges; ++k) {
+      if (written[k].second < from || written[k].first > to) {
+        written[out++] = written[k];
+        continue;
+      }
+      from = std::min(from, written[k].first), to = std::max(to, written[k].second);
+    }
+    ranges = out;
+    if (ranges == kRanges) {
+      from = std::min(from, written[kRanges - 1].first), to = std::max(to, written[kRanges - 1].second);
+      --ranges;
+    }
+    written[ranges++] = {from, to};
+  }
 };
 
 PooledBlock pool_acquire(size_t bytes);  // throws std::bad_alloc when memory runs out
@@ -44,11 +73,11 @@ struct PoolStats {
 };
 PoolStats pool_stats();
 
-// A 1-D array of the first n elements of T in block b, which it then owns (b goes back to the pool when
-// the array dies); b.resident is raised to cover them.
+// A 1-D array of the n elements of T from element `start` of block b, which it then owns (b goes back to
+// the pool when the array dies); the block's written range is widened to cover them.
 template <typename T>
-py::array_t<T> array_in_block(PooledBlock b, int64_t n) {
-  b.resident = std::max(b.resident, std::min(b.bytes, static_cast<size_t>(n) * sizeof(T)));
+py::array_t<T> array_in_block(PooledBlock b, int64_t n, int64_t start = 0) {
+  b.wrote(static_cast<size_t>(start) * sizeof(T), std::min(b.bytes, static_cast<size_t>(start + n) * sizeof(T)));
   auto* block = new PooledBlock(b);
   py::capsule owner(block, [](void* p) {
     auto* b = static_cast<PooledBlock*>(p);
@@ -56,7 +85,7 @@ py::array_t<T> array_in_block(PooledBlock b, int64_t n) {
     delete b;
   });
   return py::array_t<T>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))},
-                        static_cast<T*>(block->ptr), owner);
+                        static_cast<T*>(block->ptr) + start, owner);
 }
 
 // A 1-D array of n elements of T: pooled memory when it is large, numpy's otherwise.

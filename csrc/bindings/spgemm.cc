@@ -107,13 +107,15 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
     const double est = static_cast<double>(a.indptr[a.rows]) * static_cast<double>(b.indptr[b.rows]) /
                        static_cast<double>(std::max<int64_t>(b.rows, 1));
     if (est * sizeof(I) >= static_cast<double>(bind::kPooledMinBytes)) {
-      const int64_t bound = spgemm_direct_bound<I>(structure_of(a), structure_of(b));
+      const int64_t longest = spgemm_longest_row<I>(structure_of(b));
+      const int64_t bound = spgemm_direct_bound<I>(a.indptr, 0, a.rows, longest, b.cols);
       if (bound > 0 && bound <= kMaxDirectEntries) {
         direct.j = bind::pool_reserve(static_cast<size_t>(bound) * sizeof(I));
         direct.x = bind::pool_reserve(static_cast<size_t>(bound) * sizeof(V));
         if (direct.j.ptr != nullptr && direct.x.ptr != nullptr) {
           plan.direct_j = static_cast<I*>(direct.j.ptr);
           plan.direct_x = static_cast<V*>(direct.x.ptr);
+          plan.direct_longest = longest;
         }
       }
     }
@@ -128,9 +130,9 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
                           " nonzeros, more than int32 indices can address; pass int64 indptr/indices");
   py::array_t<I> c_indices;
   py::array_t<V> c_data;
-  if (plan.direct_used) {
-    c_indices = bind::array_in_block<I>(direct.take_j(), nnz);
-    c_data = bind::array_in_block<V>(direct.take_x(), nnz);
+  if (plan.direct_parts > 0) {
+    c_indices = bind::array_in_block<I>(direct.take_j(), nnz, plan.direct_start);
+    c_data = bind::array_in_block<V>(direct.take_x(), nnz, plan.direct_start);
   } else {
     // C's large arrays reuse the blocks of earlier, dead results (pooled_array.h): no page faults.
     c_indices = bind::pooled_array<I>(nnz);
@@ -141,7 +143,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
     spgemm_numeric<V, I>(a, b, &plan, c_indptr.data(), c_indices.mutable_data(), c_data.mutable_data());
   }
   g_last_fused = plan.fused_rows, g_last_rows = a.rows, g_last_parts = static_cast<int64_t>(plan.bounds.size()) - 1;
-  g_last_direct = plan.direct_used ? 1 : 0;
+  g_last_direct = plan.direct_parts;
   return py::make_tuple(c_indptr, c_indices, c_data);
 }
 
@@ -184,9 +186,10 @@ SPARSEFORGE_BIND_OP(
         py::dict d;
         d["fused_rows"] = g_last_fused.load(), d["rows"] = g_last_rows.load(), d["parts"] = g_last_parts.load();
         d["direct"] = g_last_direct.load() != 0;
+        d["direct_parts"] = g_last_direct.load();
         return d;
-      }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts, and whether\n"
-         "its first part wrote its rows straight into C (direct).");
+      }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts, and how many\n"
+         "parts wrote their rows straight into C (direct_parts; direct: any).");
       mod.def("spgemm_release_buffers", [] {
         spgemm_release_pool();
         bind::pool_release_all();

@@ -156,20 +156,34 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
   // parts claimed dynamically); the total flops are estimated as nnz(A) * nnz(B) / B.rows.
   const double est = static_cast<double>(a.indptr[m]) * static_cast<double>(b.indptr[b.rows]) /
                      static_cast<double>(std::max<int64_t>(b.rows, 1));
-  const int parts = spgemm_parts(static_cast<int64_t>(std::min(est, 1e18)), m);
+  int parts = spgemm_parts(static_cast<int64_t>(std::min(est, 1e18)), m);
+  // With C's storage given (direct_*), rows are written in place: with one part all of them; with two
+  // threads, two halves meeting at the reservation's split point (the lower half written backwards, so
+  // nothing is copied); otherwise the first part, the others through the fused-pass buffer. A budget of 0
+  // keeps the plain two passes (tests and comparisons).
+  const int64_t chunks = spgemm_fuse_budget_bytes() / kSpgemmChunkBytes;
+  const bool direct = chunks > 0 && plan->direct_j != nullptr && plan->direct_x != nullptr;
+  const bool halves = direct && parts > 1 && num_threads() == 2 && plan->direct_longest > 0;
+  if (halves) parts = 2;
   plan->bounds.assign(static_cast<size_t>(parts) + 1, 0);
   spgemm_split_rows(a.indptr, m, parts, plan->bounds.data());
-  const int64_t chunks = spgemm_fuse_budget_bytes() / kSpgemmChunkBytes;
   plan->chunks_left.store(chunks);
   plan->parts.reset(new SpgemmPart<V, I>[static_cast<size_t>(parts)]);
   for (int p = 0; p < parts; ++p) plan->parts[static_cast<size_t>(p)].chunks_left = chunks > 0 ? &plan->chunks_left : nullptr;
-  // Part 0's rows start at C's entry 0: with C's storage given, they are written there directly (a budget
-  // of 0 keeps the plain two passes, for tests and comparisons).
-  plan->direct_used = chunks > 0 && plan->direct_j != nullptr && plan->direct_x != nullptr;
-  if (plan->direct_used) {
+  int64_t split = 0;  // entries of the reservation below the upper half
+  if (halves) {
+    split = spgemm_direct_bound<I>(a.indptr, 0, plan->bounds[1], plan->direct_longest, b.cols);
+    SpgemmPart<V, I>& lower = plan->parts[0];
+    lower.direct_j = plan->direct_j + split, lower.direct_x = plan->direct_x + split;
+    lower.backward = true;
+    SpgemmPart<V, I>& upper = plan->parts[1];
+    upper.direct_j = plan->direct_j + split, upper.direct_x = plan->direct_x + split;
+    plan->direct_parts = 2;
+  } else if (direct) {
     plan->parts[0].direct_j = plan->direct_j;
     plan->parts[0].direct_x = plan->direct_x;
     plan->parts[0].direct_budgeted = parts > 1;
+    plan->direct_parts = 1;
   }
   c_indptr[0] = 0;
   I* counts = c_indptr + 1;
@@ -187,6 +201,7 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
     counts[i] = static_cast<I>(nnz);  // may wrap for int32; the caller checks the returned total
   }
   plan->fused_rows = nfused;
+  if (halves) plan->direct_start = split - part[0].used;
   return nnz;
 }
 
@@ -229,7 +244,9 @@ void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, 
       fn(a, b, flop, bd[p], bd[p + 1], c_indptr, c_indices, c_data, fused, part + p);
     }
   });
-  parallel_for(static_cast<int64_t>(pieces.size()), 1, [&](int64_t i0, int64_t i1) {
+  // A thread copies at least kPieceGrain pieces (~3 MB): a small copy is not worth waking one.
+  constexpr int64_t kPieceGrain = 4;
+  parallel_for(static_cast<int64_t>(pieces.size()), kPieceGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const Piece& q = pieces[static_cast<size_t>(i)];
       std::memcpy(c_indices + q.dst, q.src_j, static_cast<size_t>(q.len) * sizeof(I));
@@ -240,14 +257,18 @@ void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, 
 }
 
 template <typename I>
-int64_t spgemm_direct_bound(const CsrRef<void, I>& a, const CsrRef<void, I>& b) {
+int64_t spgemm_longest_row(const CsrRef<void, I>& b) {
   int64_t longest = 0;
   for (int64_t k = 0; k < b.rows; ++k) longest = std::max<int64_t>(longest, static_cast<int64_t>(b.indptr[k + 1]) - b.indptr[k]);
-  const int64_t nnz_a = a.indptr[a.rows];
-  int64_t bound = 0;
+  return longest;
+}
+
+template <typename I>
+int64_t spgemm_direct_bound(const I* a_indptr, int64_t r0, int64_t r1, int64_t longest, int64_t cols) {
+  const int64_t nnz_a = static_cast<int64_t>(a_indptr[r1]) - a_indptr[r0];
+  int64_t bound = 0, dense = 0;
   if (__builtin_mul_overflow(nnz_a, longest, &bound)) bound = INT64_MAX;
-  int64_t dense = 0;
-  if (!__builtin_mul_overflow(a.rows, b.cols, &dense)) bound = std::min(bound, dense);
+  if (!__builtin_mul_overflow(r1 - r0, cols, &dense)) bound = std::min(bound, dense);
   return bound == INT64_MAX ? -1 : bound;
 }
 
@@ -300,7 +321,8 @@ std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, in
 #define SPGEMM_INST_I(I)                                                                                       \
   template int64_t spgemm_row_flops<I>(const CsrRef<void, I>&, const CsrRef<void, I>&, int64_t*);             \
   template std::string spgemm_check_csr<I>(const I*, const I*, int64_t, int64_t, int64_t);               \
-  template int64_t spgemm_direct_bound<I>(const CsrRef<void, I>&, const CsrRef<void, I>&);                  \
+  template int64_t spgemm_longest_row<I>(const CsrRef<void, I>&);                                            \
+  template int64_t spgemm_direct_bound<I>(const I*, int64_t, int64_t, int64_t, int64_t);                   \
   template void spgemm_split_rows<I>(const I*, int64_t, int, int64_t*);
 #define SPGEMM_INST_VI(V, I)                                                                                   \
   template SpgemmKernel<V, I> select_spgemm<V, I>(Isa);                                                        \

@@ -73,6 +73,9 @@ struct alignas(64) SpgemmPart {
   V* direct_x = nullptr;
   bool direct_budgeted = false;
   int64_t direct_paid = 0;  // entries covered by the chunks drawn so far
+  // A backward direct part ends at direct_j/x instead of starting there (fused_rows_backward): the lower
+  // half of a two-thread call, whose rows must end where the upper half's begin.
+  bool backward = false;
 
   // Whether a direct part may compute its next row in place (always, when it is the only part).
   bool direct_allowance() {
@@ -192,13 +195,20 @@ struct SpgemmPlan {
   // part then writes its rows there in place (SpgemmPart::direct_*), and numeric must get the same arrays.
   I* direct_j = nullptr;
   V* direct_x = nullptr;
-  bool direct_used = false;  // set by the first pass: part 0 wrote into direct_*
+  int64_t direct_longest = 0;  // B's longest row (the bound's factor), for splitting the reservation
+  // Set by the first pass: how many parts wrote in place (0: none, C is allocated afterwards), and
+  // where C's first entry is within direct_* (nonzero when a lower half was written backwards).
+  int direct_parts = 0;
+  int64_t direct_start = 0;
 };
 
-// An upper bound on nnz(C) that needs no pass over A: nnz(A) times B's longest row, at most rows * cols
-// (-1 when it overflows int64).
+// B's longest row, and the upper bound on the nnz of rows [r0, r1) of C that it gives without a pass
+// over A: nnz(A[r0:r1]) times B's longest row, at most (r1 - r0) * cols (-1 when it overflows int64).
+// The bounds of two row ranges add up to at most the bound of their union.
 template <typename I>
-int64_t spgemm_direct_bound(const CsrRef<void, I>& a, const CsrRef<void, I>& b);
+int64_t spgemm_longest_row(const CsrRef<void, I>& b);
+template <typename I>
+int64_t spgemm_direct_bound(const I* a_indptr, int64_t r0, int64_t r1, int64_t longest, int64_t cols);
 
 // Bytes all parts' buffers of one call may hold together, and the most the chunk pool keeps between calls:
 // SPARSEFORGE_SPGEMM_FUSE_MB (0 turns fusing off), default kSpgemmFuseBudgetMb.

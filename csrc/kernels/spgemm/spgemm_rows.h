@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "spgemm.h"
@@ -463,48 +464,120 @@ class RowEngine {
 // numeric_rows once C is allocated) after the budget runs out, and for rows with far more products than
 // columns, whose count stops early once the row has every column (dense rows such as X·Xᵀ).
 constexpr int64_t kDeferFlopPerCol = 8;
+// Products of row i (sum over k in A_i of nnz(B_k)).
+template <typename V, typename I>
+inline int64_t row_flop(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t i) {
+  int64_t f = 0;
+  for (int64_t t = a.indptr[i], te = a.indptr[i + 1]; t < te; ++t)
+    f += static_cast<int64_t>(b.indptr[a.indices[t] + 1]) - b.indptr[a.indices[t]];
+  return f;
+}
+
+// One row of the first pass, f = flop[i] > 0: computed into the part's buffer (a direct part: at
+// direct_j/x + used), or only counted (fused[i] = 0) when *fuse is off or it has too many products.
+template <class P, typename V, typename I>
+inline void fuse_row(RowEngine<P, V, I>& eng, int64_t i, int64_t f, int64_t cols, I* counts, uint8_t* fused,
+                     SpgemmPart<V, I>* part, bool* fuse) {
+  I* const dj = part->direct_j;
+  V* const dx = part->direct_x;
+  if (*fuse && f < kDeferFlopPerCol * cols) {
+    if (dj != nullptr ? part->direct_allowance() : part->place(std::min(f, cols))) {
+      const int64_t u = part->used;
+      void* c = dj != nullptr ? nullptr : part->chunks.back();
+      I* oj = (dj != nullptr ? dj : SpgemmPart<V, I>::cols_of(c)) + u;
+      V* ox = (dx != nullptr ? dx : SpgemmPart<V, I>::vals_of(c)) + u;
+      const int64_t n = eng.compute(i, f, -1, oj, ox);
+      part->used = u + n;
+      if (dj == nullptr) part->note_buffered(i, u);
+      counts[i] = static_cast<I>(n);
+      fused[i] = 1;
+      return;
+    }
+    *fuse = false;
+  }
+  const int64_t n = eng.count(i, f);
+  counts[i] = static_cast<I>(n);
+  fused[i] = 0;
+  ++part->deferred;
+  if (dj != nullptr) part->used += n;  // its slots in C, filled by the second pass
+}
+
+// A backward part (SpgemmPart::backward) ends where the next part's rows begin, at direct_j/x, which is
+// all it knows of its place: it walks its rows from the last down, in blocks of about kBackBlock
+// entries, each computed forwards into a scratch chunk (so rows and B-row prefetches still go forwards)
+// and then copied from there, still in L2, to just below the block before it. `used` ends as the
+// number of entries below direct_j/x.
+constexpr int64_t kBackBlock = int64_t{1} << 15;
+template <class P, typename V, typename I>
+void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
+                         int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
+  using Part = SpgemmPart<V, I>;
+  const int64_t cols = b.cols;
+  Part tmp;
+  void* chunk = spgemm_chunk_acquire();
+  if (chunk == nullptr) throw std::bad_alloc();
+  tmp.direct_j = Part::cols_of(chunk);
+  tmp.direct_x = Part::vals_of(chunk);
+  int64_t below = 0;
+  for (int64_t hi = r1; hi > r0;) {
+    // The block [lo, hi): rows down from hi while their bounds fit; a row that fits no scratch on its own
+    // goes alone, counted only (the second pass computes it in place).
+    int64_t lo = hi, room = 0;
+    bool alone = false;
+    while (lo > r0) {
+      const int64_t f = row_flop(a, b, lo - 1);
+      const int64_t need = std::min(f, cols);  // counted-only rows keep their slots in the block too
+      if (lo < hi && room + need > kBackBlock) break;
+      flop[lo - 1] = f;
+      room += need;
+      --lo;
+      if (need > Part::kEntries) {
+        alone = true;
+        break;
+      }
+    }
+    tmp.used = 0;
+    bool fuse = !alone;
+    for (int64_t i = lo; i < hi; ++i) {
+      if (flop[i] == 0) {
+        counts[i] = 0;
+        fused[i] = 1;
+        continue;
+      }
+      fuse_row(eng, i, flop[i], cols, counts, fused, &tmp, &fuse);
+    }
+    below += tmp.used;
+    if (!alone) {
+      std::memcpy(part->direct_j - below, tmp.direct_j, static_cast<size_t>(tmp.used) * sizeof(I));
+      std::memcpy(part->direct_x - below, tmp.direct_x, static_cast<size_t>(tmp.used) * sizeof(V));
+    }
+    hi = lo;
+  }
+  part->used = below;
+  part->deferred += tmp.deferred;
+  tmp.direct_j = nullptr;
+  tmp.direct_x = nullptr;
+  spgemm_chunk_release(chunk);
+}
+
 template <class P, typename V, typename I>
 void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0, int64_t r1,
                 I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
   RowEngine<P, V, I> eng(a, b);
+  if (part->backward) return fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, part);
   const int64_t cols = b.cols;
-  const I* ap = a.indptr;
-  const I* aj = a.indices;
-  const I* bp = b.indptr;
   // A direct part writes into C itself, whose room the caller bounded (no chunks; the allowance only
   // when other parts run too, SpgemmPart::direct_allowance).
-  I* const dj = part->direct_j;
-  V* const dx = part->direct_x;
-  bool fuse = dj != nullptr || part->chunks_left != nullptr;
+  bool fuse = part->direct_j != nullptr || part->chunks_left != nullptr;
   for (int64_t i = r0; i < r1; ++i) {
-    int64_t f = 0;
-    for (int64_t t = ap[i], te = ap[i + 1]; t < te; ++t) f += static_cast<int64_t>(bp[aj[t] + 1]) - bp[aj[t]];
+    const int64_t f = row_flop(a, b, i);
     flop[i] = f;
     if (f == 0) {
       counts[i] = 0;
       fused[i] = 1;
       continue;
     }
-    if (fuse && f < kDeferFlopPerCol * cols) {
-      if (dj != nullptr ? part->direct_allowance() : part->place(std::min(f, cols))) {
-        const int64_t u = part->used;
-        void* c = dj != nullptr ? nullptr : part->chunks.back();
-        I* oj = (dj != nullptr ? dj : SpgemmPart<V, I>::cols_of(c)) + u;
-        V* ox = (dx != nullptr ? dx : SpgemmPart<V, I>::vals_of(c)) + u;
-        const int64_t n = eng.compute(i, f, -1, oj, ox);
-        part->used = u + n;
-        if (dj == nullptr) part->note_buffered(i, u);
-        counts[i] = static_cast<I>(n);
-        fused[i] = 1;
-        continue;
-      }
-      fuse = false;
-    }
-    const int64_t n = eng.count(i, f);
-    counts[i] = static_cast<I>(n);
-    fused[i] = 0;
-    ++part->deferred;
-    if (dj != nullptr) part->used += n;  // its slots in C, filled by the second pass
+    fuse_row(eng, i, f, cols, counts, fused, part, &fuse);
   }
 }
 
