@@ -381,8 +381,11 @@ def test_fuse_budget_splits_rows_identically(budget_mb, direct, isa, threads, mo
         assert stats["direct_parts"] == min(stats["parts"], 2) == threads
     if budget_mb == "0":
         assert stats["fused_rows"] == 0
-    elif stats["direct"] and stats["parts"] == stats["direct_parts"]:
+    elif stats["direct"] and stats["parts"] == 1:
         assert stats["fused_rows"] == a.shape[0]
+    elif stats["direct"] and stats["direct_parts"] == 2 and budget_mb in ("2", "6"):
+        # Halves: rows a thread takes from the other's half go through the budgeted buffer.
+        assert 0 < stats["fused_rows"] <= a.shape[0]
     elif budget_mb in ("2", "6"):  # one / three chunks: some rows fused, the rest two-pass
         assert 0 < stats["fused_rows"] < a.shape[0]
     else:
@@ -416,6 +419,40 @@ def test_direct_part_leaves_slots_for_deferred_rows(isa, threads, monkeypatch):
     np.testing.assert_array_equal(p, r.indptr)
     np.testing.assert_array_equal(j, r.indices)
     np.testing.assert_array_equal(x, r.data)
+
+
+@pytest.mark.parametrize("heavy", ["upper", "lower"])
+def test_halves_rows_taken_from_the_other_half(heavy, isa):
+    # Two threads write two halves of C in place; the halves are split by nnz(A), so when one half's rows
+    # reach far longer rows of B, the thread of the other half finishes first and takes rows from the far
+    # end of the heavy half into its own buffer (copied into place after the pass). Every layout must give
+    # scipy's bits.
+    rng = np.random.default_rng(26)
+    n = 30_000
+    h = n // 2
+    long_first = heavy == "lower"
+    b_lens = np.where((np.arange(n) < h) == long_first, 40, 2)
+    b = rows_from_lists([rng.choice(n, m, replace=False) for m in b_lens], n, rng, np.float64, np.int32)
+    # Row i of A takes columns from its own half, so the heavy half's rows meet B's long rows.
+    a = rows_from_lists([rng.choice(h, 4, replace=False) + (h if i >= h else 0) for i in range(n)], n, rng,
+                        np.float64, np.int32)
+    r = scipy_ref(a, b)
+    _C.set_num_threads(2)
+    try:
+        taken = 0
+        for _ in range(10):
+            p, j, x = raw(a, b)
+            stats = _C.spgemm_last_stats()
+            assert stats["direct_parts"] == 2
+            np.testing.assert_array_equal(p, r.indptr)
+            np.testing.assert_array_equal(j, r.indices)
+            np.testing.assert_array_equal(x, r.data)
+            taken = max(taken, stats["taken_rows"])
+            if taken > 0:
+                break
+        assert taken > 0
+    finally:
+        _C.set_num_threads(0)
 
 
 def test_rows_longer_than_a_chunk_in_place(isa, threads):

@@ -168,16 +168,26 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
   plan->bounds.assign(static_cast<size_t>(parts) + 1, 0);
   spgemm_split_rows(a.indptr, m, parts, plan->bounds.data());
   plan->chunks_left.store(chunks);
-  plan->parts.reset(new SpgemmPart<V, I>[static_cast<size_t>(parts)]);
-  for (int p = 0; p < parts; ++p) plan->parts[static_cast<size_t>(p)].chunks_left = chunks > 0 ? &plan->chunks_left : nullptr;
+  plan->n_parts = parts + (halves ? 2 : 0);
+  plan->parts.reset(new SpgemmPart<V, I>[static_cast<size_t>(plan->n_parts)]);
+  for (int64_t p = 0; p < plan->n_parts; ++p)
+    plan->parts[static_cast<size_t>(p)].chunks_left = chunks > 0 ? &plan->chunks_left : nullptr;
   int64_t split = 0;  // entries of the reservation below the upper half
   if (halves) {
-    split = spgemm_direct_bound<I>(a.indptr, 0, plan->bounds[1], plan->direct_longest, b.cols);
+    const int64_t mid = plan->bounds[1];
+    split = spgemm_direct_bound<I>(a.indptr, 0, mid, plan->direct_longest, b.cols);
     SpgemmPart<V, I>& lower = plan->parts[0];
     lower.direct_j = plan->direct_j + split, lower.direct_x = plan->direct_x + split;
     lower.backward = true;
     SpgemmPart<V, I>& upper = plan->parts[1];
     upper.direct_j = plan->direct_j + split, upper.direct_x = plan->direct_x + split;
+    plan->halves.reset(new SpgemmHalves<V, I>());
+    SpgemmHalves<V, I>& hv = *plan->halves;
+    hv.lo[0] = 0, hv.hi[0] = mid, hv.lo[1] = mid, hv.hi[1] = m;
+    hv.a_indptr = a.indptr;
+    hv.claim = std::max<int64_t>(1, hv.cost(0, m) / 64);  // a late thread's share ends within ~1.5%
+    hv.lower = &lower, hv.upper = &upper;
+    plan->parts[2].halves = plan->parts[3].halves = &hv;
     plan->direct_parts = 2;
   } else if (direct) {
     plan->parts[0].direct_j = plan->direct_j;
@@ -192,7 +202,7 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
   uint8_t* fused = plan->fused.data();
   SpgemmPart<V, I>* part = plan->parts.get();
   parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) fn(a, b, flop, bd[p], bd[p + 1], counts, fused, part + p);
+    for (int64_t p = p0; p < p1; ++p) fn(a, b, flop, bd[p], bd[p + 1], counts, fused, part + (halves ? 2 + p : p));
   });
   int64_t nnz = 0, nfused = 0;
   for (int64_t i = 0; i < m; ++i) {
@@ -201,7 +211,9 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
     counts[i] = static_cast<I>(nnz);  // may wrap for int32; the caller checks the returned total
   }
   plan->fused_rows = nfused;
-  if (halves) plan->direct_start = split - part[0].used;
+  for (int64_t p = 0; p < plan->n_parts; ++p) plan->taken_rows += part[p].taken;
+  // The lower half's rows, its owner's and any taken from its bottom, end at the split point.
+  if (halves) plan->direct_start = split - (plan->bounds[1] > 0 ? static_cast<int64_t>(c_indptr[plan->bounds[1]]) : 0);
   return nnz;
 }
 
@@ -225,7 +237,7 @@ void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, 
     const V* src_x;
   };
   std::vector<Piece> pieces;
-  for (int64_t p = 0; p < parts; ++p)
+  for (int64_t p = 0; p < plan->n_parts; ++p)
     for (const typename Part::Run& r : part[p].runs) {
       void* chunk = part[p].chunks[static_cast<size_t>(r.chunk)];
       const int64_t dst = c_indptr[r.row0], len = static_cast<int64_t>(c_indptr[r.row1]) - dst;
@@ -233,9 +245,12 @@ void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, 
         pieces.push_back({dst + o, std::min(kPiece, len - o), Part::cols_of(chunk) + r.from + o,
                           Part::vals_of(chunk) + r.from + o});
     }
+  // Row ranges with rows left to this pass (with halves, a range's rows may be in any part's hands).
   std::vector<int64_t> computing;
+  int64_t deferred = 0;
+  for (int64_t p = 0; p < plan->n_parts; ++p) deferred += part[p].deferred;
   for (int64_t p = 0; p < parts; ++p)
-    if (part[p].deferred > 0) computing.push_back(p);
+    if (part[p].deferred > 0 || (plan->halves != nullptr && deferred > 0)) computing.push_back(p);
   // Two regions, not one list of items: parallel_for hands out contiguous ranges of items, which would
   // put every part's computing into one thread's range.
   parallel_for(static_cast<int64_t>(computing.size()), 1, [&](int64_t i0, int64_t i1) {
@@ -253,7 +268,7 @@ void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, 
       std::memcpy(c_data + q.dst, q.src_x, static_cast<size_t>(q.len) * sizeof(V));
     }
   });
-  for (int64_t p = 0; p < parts; ++p) part[p].release();
+  for (int64_t p = 0; p < plan->n_parts; ++p) part[p].release();
 }
 
 template <typename I>
@@ -285,6 +300,9 @@ std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, in
              std::to_string(static_cast<int64_t>(indptr[i + 1])) + " < indptr[" + std::to_string(i) + "] = " +
              std::to_string(static_cast<int64_t>(indptr[i]));
   std::atomic<int64_t> bad_row{rows};
+  // Chunks of ~256k entries. (Checking up to 1M entries on the calling thread alone, so that a sleeping
+  // worker would join the first pass late instead of being waited for here, measured 2-5% slower on
+  // two threads, cold or warm.)
   const int64_t grain = std::max<int64_t>(1, rows * (int64_t{1} << 18) / std::max<int64_t>(nnz + rows, 1));
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {

@@ -50,6 +50,9 @@ void spgemm_release_pool();         // frees the chunks the pool keeps
 // part's `used`, so two parts sharing a line made the threads fight over it on every row (Poisson 2-D on
 // two threads: 5.6 -> 4.6 ms, 1.46x -> 1.75x over one thread).
 template <typename V, typename I>
+struct SpgemmHalves;
+
+template <typename V, typename I>
 struct alignas(64) SpgemmPart {
   // Entries per chunk: columns first, then values (8-aligned).
   static constexpr int64_t kEntries = (kSpgemmChunkBytes / static_cast<int64_t>(sizeof(I) + sizeof(V))) & ~int64_t{7};
@@ -61,6 +64,7 @@ struct alignas(64) SpgemmPart {
   std::vector<Run> runs;
   int64_t used = 0;
   int64_t deferred = 0;  // rows left to the second pass
+  int64_t taken = 0;     // rows this thread's buffer took from another thread's half (SpgemmHalves)
   std::atomic<int64_t>* chunks_left = nullptr;
   // Direct part (the first part, when the caller gave C's storage up front, SpgemmPlan::direct_*): its
   // rows go straight to C's arrays, one after the other from entry 0, which is where they belong, so
@@ -76,6 +80,9 @@ struct alignas(64) SpgemmPart {
   // A backward direct part ends at direct_j/x instead of starting there (fused_rows_backward): the lower
   // half of a two-thread call, whose rows must end where the upper half's begin.
   bool backward = false;
+  // Set on the two work items of a two-thread call with halves: the item's thread runs the halves
+  // protocol (fused_rows_halves), and this part is its buffer for rows it takes from another's half.
+  SpgemmHalves<V, I>* halves = nullptr;
 
   // Whether a direct part may compute its next row in place (always, when it is the only part).
   bool direct_allowance() {
@@ -121,6 +128,51 @@ struct alignas(64) SpgemmPart {
     chunks.push_back(c);
     used = 0;
     return true;
+  }
+};
+
+// The rows still unclaimed of the two halves of a two-thread call written in place: the lower half
+// [lo[0], hi[0]) is written backwards by its owner, who claims rows from its top; the upper half
+// [lo[1], hi[1]) forwards by its owner, from its bottom. Each thread owns a half nobody owns yet; with none
+// left, it takes rows from the far end of a half still being written (the bottom of the lower, the top
+// of the upper) into its own buffer, to be copied after the pass. A late second thread (a worker that
+// was asleep) thus costs only the rows the first computed alone, not half the product.
+template <typename V, typename I>
+struct SpgemmHalves {
+  std::atomic_flag busy = ATOMIC_FLAG_INIT;
+  int64_t lo[2] = {0, 0}, hi[2] = {0, 0};
+  bool owned[2] = {false, false};
+  int64_t claim = 1;  // rows are claimed in runs of about this much sum(nnz(A_i) + 1)
+  const I* a_indptr = nullptr;
+  SpgemmPart<V, I>* lower = nullptr;  // backward, ends at the split point
+  SpgemmPart<V, I>* upper = nullptr;  // forward, starts there
+  void lock() {
+    while (busy.test_and_set(std::memory_order_acquire)) {
+    }
+  }
+  void unlock() { busy.clear(std::memory_order_release); }
+  int64_t cost(int64_t r0, int64_t r1) const {
+    return static_cast<int64_t>(a_indptr[r1]) - a_indptr[r0] + (r1 - r0);
+  }
+  // With the lock held: the first row x in [r0, r1] with cost(x, r1) <= claim (at least one row), by
+  // bisection; and the last row y with cost(r0, y) <= claim.
+  int64_t from_top(int64_t r0, int64_t r1) const {
+    int64_t l = r0, h = r1 - 1;
+    while (l < h) {
+      const int64_t mid = l + (h - l) / 2;
+      if (cost(mid, r1) <= claim) h = mid;
+      else l = mid + 1;
+    }
+    return l;
+  }
+  int64_t from_bottom(int64_t r0, int64_t r1) const {
+    int64_t l = r0 + 1, h = r1;
+    while (l < h) {
+      const int64_t mid = l + (h - l + 1) / 2;
+      if (cost(r0, mid) <= claim) l = mid;
+      else h = mid - 1;
+    }
+    return l;
   }
 };
 
@@ -187,9 +239,12 @@ template <typename V, typename I>
 struct SpgemmPlan {
   std::vector<int64_t> flop, bounds;
   std::vector<uint8_t> fused;
-  std::unique_ptr<SpgemmPart<V, I>[]> parts;
+  std::unique_ptr<SpgemmPart<V, I>[]> parts;  // one per row range; with halves, 2 more (the threads' buffers)
+  int64_t n_parts = 0;
+  std::unique_ptr<SpgemmHalves<V, I>> halves;
   std::atomic<int64_t> chunks_left{0};
   int64_t fused_rows = 0;  // how many rows the first pass computed (for tests and benchmarks)
+  int64_t taken_rows = 0;  // with halves: rows taken from the far end of another thread's half
   // Optional, set by the caller before the first pass: C's indices and values storage, each with room for
   // at least spgemm_direct_bound() entries (a reservation: only what is written costs memory). The first
   // part then writes its rows there in place (SpgemmPart::direct_*), and numeric must get the same arrays.

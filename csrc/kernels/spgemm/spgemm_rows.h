@@ -518,7 +518,7 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
   if (chunk == nullptr) throw std::bad_alloc();
   tmp.direct_j = Part::cols_of(chunk);
   tmp.direct_x = Part::vals_of(chunk);
-  int64_t below = 0;
+  int64_t below = part->used;  // continues below the rows it wrote before
   for (int64_t hi = r1; hi > r0;) {
     // The block [lo, hi): rows down from hi while their bounds fit; a row that fits no scratch on its own
     // goes alone, counted only (the second pass computes it in place).
@@ -560,15 +560,10 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
   spgemm_chunk_release(chunk);
 }
 
+// Rows [r0, r1) forwards into the part (in place for a direct part, else its buffer); *fuse as fuse_row.
 template <class P, typename V, typename I>
-void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0, int64_t r1,
-                I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
-  RowEngine<P, V, I> eng(a, b);
-  if (part->backward) return fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, part);
-  const int64_t cols = b.cols;
-  // A direct part writes into C itself, whose room the caller bounded (no chunks; the allowance only
-  // when other parts run too, SpgemmPart::direct_allowance).
-  bool fuse = part->direct_j != nullptr || part->chunks_left != nullptr;
+void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
+                        int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse) {
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t f = row_flop(a, b, i);
     flop[i] = f;
@@ -577,8 +572,69 @@ void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int
       fused[i] = 1;
       continue;
     }
-    fuse_row(eng, i, f, cols, counts, fused, part, &fuse);
+    fuse_row(eng, i, f, b.cols, counts, fused, part, fuse);
   }
+}
+
+// One thread's share of a two-thread call with halves (SpgemmHalves): own a half while one is free,
+// then take rows from the far ends of the others' into `mine` (a buffered part).
+template <class P, typename V, typename I>
+void fused_rows_halves(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
+                       I* counts, uint8_t* fused, SpgemmPart<V, I>* mine) {
+  SpgemmHalves<V, I>& hv = *mine->halves;
+  bool fuse_mine = mine->chunks_left != nullptr;
+  for (;;) {
+    int h = -1;
+    bool own = false;
+    int64_t r0 = 0, r1 = 0;
+    hv.lock();
+    for (int k = 0; k < 2 && h < 0; ++k)
+      if (!hv.owned[k] && hv.lo[k] < hv.hi[k]) hv.owned[k] = true, h = k, own = true;
+    if (h < 0) {
+      const int64_t c0 = hv.cost(hv.lo[0], hv.hi[0]), c1 = hv.cost(hv.lo[1], hv.hi[1]);
+      if (c0 > 0 || c1 > 0) {
+        h = c0 >= c1 ? 0 : 1;
+        if (h == 0) r0 = hv.lo[0], r1 = hv.lo[0] = hv.from_bottom(hv.lo[0], hv.hi[0]);
+        else r1 = hv.hi[1], r0 = hv.hi[1] = hv.from_top(hv.lo[1], hv.hi[1]);
+      }
+    }
+    hv.unlock();
+    if (h < 0) return;
+    if (!own) {
+      mine->taken += r1 - r0;
+      fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, mine, &fuse_mine);
+      // Out of buffer: stop taking rows, which would only be counted (cheaply) and leave the owner's
+      // work to the second pass.
+      if (!fuse_mine) return;
+      continue;
+    }
+    bool fuse = true;
+    for (;;) {
+      hv.lock();
+      if (hv.lo[h] < hv.hi[h]) {
+        if (h == 0) r1 = hv.hi[0], r0 = hv.hi[0] = hv.from_top(hv.lo[0], hv.hi[0]);
+        else r0 = hv.lo[1], r1 = hv.lo[1] = hv.from_bottom(hv.lo[1], hv.hi[1]);
+      } else {
+        r0 = r1 = 0;
+      }
+      hv.unlock();
+      if (r0 == r1) break;
+      if (h == 0) fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, hv.lower);
+      else fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, hv.upper, &fuse);
+    }
+  }
+}
+
+template <class P, typename V, typename I>
+void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0, int64_t r1,
+                I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
+  RowEngine<P, V, I> eng(a, b);
+  if (part->halves != nullptr) return fused_rows_halves(eng, a, b, flop, counts, fused, part);
+  if (part->backward) return fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, part);
+  // A direct part writes into C itself, whose room the caller bounded (no chunks; the allowance only
+  // when other parts run too, SpgemmPart::direct_allowance).
+  bool fuse = part->direct_j != nullptr || part->chunks_left != nullptr;
+  fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, part, &fuse);
 }
 
 // Second pass over rows [r0, r1) of C, allocated: computes the rows the first pass left (fused[i] = 0)
