@@ -455,6 +455,37 @@ def test_halves_rows_taken_from_the_other_half(heavy, isa):
         _C.set_num_threads(0)
 
 
+@pytest.mark.parametrize("it", [np.int32, np.int64])
+def test_validation_finds_every_kind_of_bad_row(it):
+    # The check passes over the entries without per-row branches (drops in the flat sequence must all be
+    # row starts): canonical matrices with empty rows and rows that start below their predecessor's end
+    # pass; one corrupted entry anywhere is caught and its row named.
+    rng = np.random.default_rng(27)
+    for trial in range(40):
+        lens = rng.integers(0, 6, 300) * (rng.random(300) < 0.8)
+        b = rows_from_lists([rng.choice(50, m, replace=False) for m in lens], 50, rng, np.float64, it)
+        a = rand_csr(7, 300, 5, rng, np.float64, it)
+        c = spgemm(a, b)
+        np.testing.assert_array_equal(c.data, scipy_ref(a, b).data)
+        r = int(rng.choice(np.flatnonzero(lens >= 2)))
+        s0, s1 = b.indptr[r], b.indptr[r + 1]
+        bad = b.copy()
+        bad.indices = b.indices.copy()
+        k = int(rng.integers(s0 + 1, s1))
+        kind = trial % 3
+        if kind == 0:
+            bad.indices[k] = bad.indices[k - 1]
+            msg = "duplicate"
+        elif kind == 1:
+            bad.indices[[k - 1, k]] = bad.indices[[k, k - 1]]
+            msg = "unsorted"
+        else:
+            bad.indices[k] = -1 if trial % 2 else 50
+            msg = "outside"
+        with pytest.raises(ValueError, match=rf"'b' is not canonical CSR: row {r} has .*{msg}"):
+            spgemm(a, bad)
+
+
 def test_rows_longer_than_a_chunk_in_place(isa, threads):
     # Written in place (C reserved up front), a row whose bound exceeds a scratch chunk cannot go through
     # the lower half's backward blocks on two threads: it is counted there and computed by the second pass.

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #endif
 #include <string>
+#include <type_traits>
 
 #include "sparseforge/threading.h"
 #include "spgemm.h"
@@ -287,6 +288,26 @@ int64_t spgemm_direct_bound(const I* a_indptr, int64_t r0, int64_t r1, int64_t l
   return bound == INT64_MAX ? -1 : bound;
 }
 
+// Whether rows [r0, r1) hold columns in [0, cols), strictly increasing within each row (indptr already
+// checked). Branch-free passes over the entries that vectorise: a row-by-row loop with an early exit
+// spent 0.45 ms of a 7 ms Poisson 2-D product on this. Every place where the flat sequence does not
+// increase must be the start of a row.
+template <typename I>
+bool rows_canonical(const I* indptr, const I* indices, int64_t r0, int64_t r1, int64_t cols) {
+  using U = std::make_unsigned_t<I>;
+  const int64_t t0 = indptr[r0], t1 = indptr[r1];
+  const U ucols = static_cast<U>(cols);
+  U outside = 0;  // a negative index is a large unsigned one
+  for (int64_t t = t0; t < t1; ++t) outside |= static_cast<U>(static_cast<U>(indices[t]) >= ucols);
+  int64_t drops = 0, at_starts = 0;
+  for (int64_t t = t0 + 1; t < t1; ++t) drops += indices[t] <= indices[t - 1];
+  for (int64_t i = r0 + 1; i < r1; ++i) {
+    const int64_t s = indptr[i];
+    if (s > t0 && s < indptr[i + 1]) at_starts += indices[s] <= indices[s - 1];
+  }
+  return outside == 0 && drops == at_starts;
+}
+
 template <typename I>
 std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, int64_t cols, int64_t nnz) {
   if (indptr[0] != 0) return "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0]));
@@ -305,6 +326,7 @@ std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, in
   // two threads, cold or warm.)
   const int64_t grain = std::max<int64_t>(1, rows * (int64_t{1} << 18) / std::max<int64_t>(nnz + rows, 1));
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    if (rows_canonical(indptr, indices, r0, r1, cols)) return;
     for (int64_t i = r0; i < r1; ++i) {
       I prev = -1;
       for (int64_t t = indptr[i], te = indptr[i + 1]; t < te; ++t) {

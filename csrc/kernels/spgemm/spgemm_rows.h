@@ -476,8 +476,8 @@ inline int64_t row_flop(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t i)
 // One row of the first pass, f = flop[i] > 0: computed into the part's buffer (a direct part: at
 // direct_j/x + used), or only counted (fused[i] = 0) when *fuse is off or it has too many products.
 template <class P, typename V, typename I>
-inline void fuse_row(RowEngine<P, V, I>& eng, int64_t i, int64_t f, int64_t cols, I* counts, uint8_t* fused,
-                     SpgemmPart<V, I>* part, bool* fuse) {
+__attribute__((always_inline)) inline void fuse_row(RowEngine<P, V, I>& eng, int64_t i, int64_t f, int64_t cols,
+                                                    I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse) {
   I* const dj = part->direct_j;
   V* const dx = part->direct_x;
   if (*fuse && f < kDeferFlopPerCol * cols) {
