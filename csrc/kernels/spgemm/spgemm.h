@@ -1,9 +1,10 @@
 // spgemm: C = A·B for CSR matrices, row-wise (Gustavson) with a per-row hash accumulator, or a dense
 // accumulator for rows whose flop count makes it cheaper (the SMASH design on a CPU).
 //
-// Two passes. The first computes each row once into a per-part buffer (fused symbolic + numeric) while
-// the call's buffer budget lasts, and only counts the distinct columns of the other rows, so that C is
-// allocated exactly; the second copies the buffered rows into C and computes the others in place.
+// Two passes. The first computes each row once (fused symbolic + numeric) — in place in C when the caller
+// reserved C's storage up front (SpgemmPlan::direct_*), else into a per-part buffer while the call's budget
+// lasts — and only counts the distinct columns of the other rows; the second copies the buffered rows into
+// C and computes the counted ones in place. C's arrays hold exactly nnz(C) entries.
 // Output column indices are sorted. Every output value
 // is summed in the order of A's row (k ascending), as scipy does, so values match scipy bit for bit.
 // Entries that cancel to exactly 0.0 are kept (structural result); scipy drops them.

@@ -1,12 +1,15 @@
 """Sparse x sparse matrix product: ``spgemm(a, b) = a @ b`` for CSR inputs.
 
 Row-wise (Gustavson) with per-row hash, dense or sorted-list accumulators. A first pass computes each
-row once into pooled buffers (up to 64 MiB per call, ``SPARSEFORGE_SPGEMM_FUSE_MB``) and counts the rest,
-which sizes the output exactly; a second pass copies the buffered rows into it and computes the others.
-Output arrays of 4 MiB or more are views of blocks that return to a pool when the result dies, so a loop
-of products does not page-fault its outputs anew (``SPARSEFORGE_OUTPUT_POOL_MB``, default 256, bounds what
-is kept; ``sparseforge._C.spgemm_release_buffers()`` frees it). Runs on ``sparseforge._C.num_threads()``
-threads (see ``csrc/kernels/spgemm/README.md``).
+row once and counts the rows it leaves; a second pass computes those in place. For large products C's
+arrays are reserved up front within an upper bound (address space, from a pool of dead results' blocks,
+so a loop of products does not page-fault its outputs anew) and rows are written straight into them: on
+one thread all of them, on two threads two halves meeting in the middle (the lower one written
+backwards). Other rows go through pooled buffers (up to 64 MiB per call, ``SPARSEFORGE_SPGEMM_FUSE_MB``)
+and are copied into C after the pass. The result arrays hold exactly nnz(C) entries (views into their
+blocks); ``SPARSEFORGE_OUTPUT_POOL_MB`` (default 256) bounds what the pool keeps and
+``sparseforge._C.spgemm_release_buffers()`` frees it. Runs on ``sparseforge._C.num_threads()`` threads
+(see ``csrc/kernels/spgemm/README.md``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def spgemm(a, b, *, drop_zeros: bool = False):
         ``C`` ``[m, n]`` of the input kind (``csr_array`` for ``csr_array`` input), values of the input dtype,
         with **sorted, unique column indices in every row** and exactly nnz(C) stored entries. scipy's own
         ``a @ b`` leaves column indices unsorted and drops entries that cancel to exactly 0.0; here such
-        entries are kept (the structural product, allocated exactly after the first pass) unless
+        entries are kept (the structural product) unless
         ``drop_zeros=True``, which removes them afterwards (one extra pass and a copy of the kept
         entries) and then matches scipy's structure exactly. Every value is summed in the order of a's
         row, as scipy does, so values are bit-identical to scipy's.
