@@ -486,6 +486,24 @@ def test_validation_finds_every_kind_of_bad_row(it):
             spgemm(a, bad)
 
 
+@pytest.mark.parametrize("which", ["a", "b"])
+def test_bad_rows_stop_the_product_before_any_row_is_computed(which, threads):
+    # The row check runs inside the first pass's parallel region, shared by the threads that arrive;
+    # no row may be computed before it is complete. A column index of 2**30 would be written far outside
+    # the accumulators if one were.
+    rng = np.random.default_rng(28)
+    a, b = _fused_case(rng)
+    bad = (a if which == "a" else b).copy()
+    bad.indices = bad.indices.copy()
+    r = bad.shape[0] - 7  # a late row: in the upper half on two threads
+    bad.indices[bad.indptr[r + 1] - 1] = 2**30
+    args = (bad, b) if which == "a" else (a, bad)
+    with pytest.raises(ValueError, match=rf"'{which}' is not canonical CSR: row {r} has column index 1073741824 outside"):
+        spgemm(*args)
+    c = spgemm(a, b)  # the next product is unaffected
+    np.testing.assert_array_equal(c.data, scipy_ref(a, b).data)
+
+
 def test_rows_longer_than_a_chunk_in_place(isa, threads):
     # Written in place (C reserved up front), a row whose bound exceeds a scratch chunk cannot go through
     # the lower half's backward blocks on two threads: it is counted there and computed by the second pass.

@@ -202,9 +202,12 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
   int64_t* flop = plan->flop.data();
   uint8_t* fused = plan->fused.data();
   SpgemmPart<V, I>* part = plan->parts.get();
+  SpgemmCheck<I>* check = plan->check;
   parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+    if (check != nullptr && !check->run()) return;
     for (int64_t p = p0; p < p1; ++p) fn(a, b, flop, bd[p], bd[p + 1], counts, fused, part + (halves ? 2 + p : p));
   });
+  if (check != nullptr && check->bad.load() >= 0) return -1;
   int64_t nnz = 0, nfused = 0;
   for (int64_t i = 0; i < m; ++i) {
     nnz += counts[i];
@@ -309,17 +312,59 @@ bool rows_canonical(const I* indptr, const I* indices, int64_t r0, int64_t r1, i
 }
 
 template <typename I>
-std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, int64_t cols, int64_t nnz) {
+std::string spgemm_check_indptr(const I* indptr, int64_t rows, int64_t nnz) {
   if (indptr[0] != 0) return "indptr[0] must be 0, got " + std::to_string(static_cast<int64_t>(indptr[0]));
   if (static_cast<int64_t>(indptr[rows]) != nnz)
     return "indptr[-1] must equal len(indices) = " + std::to_string(nnz) + ", got " +
            std::to_string(static_cast<int64_t>(indptr[rows]));
-  // indptr is checked serially first: the per-row checks below index with it.
   for (int64_t i = 0; i < rows; ++i)
     if (indptr[i + 1] < indptr[i])
       return "indptr must be non-decreasing, but indptr[" + std::to_string(i + 1) + "] = " +
              std::to_string(static_cast<int64_t>(indptr[i + 1])) + " < indptr[" + std::to_string(i) + "] = " +
              std::to_string(static_cast<int64_t>(indptr[i]));
+  return "";
+}
+
+template <typename I>
+void SpgemmCheck<I>::add(const I* indptr, const I* indices, int64_t rows, int64_t cols, int which) {
+  constexpr int64_t kPiece = int64_t{1} << 16;  // entries + rows
+  for (int64_t r0 = 0; r0 < rows;) {
+    // The last row r1 with indptr[r1] + r1 <= indptr[r0] + r0 + kPiece (at least one row), by bisection.
+    const int64_t lim = static_cast<int64_t>(indptr[r0]) + r0 + kPiece;
+    int64_t lo = r0 + 1, hi = rows;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (static_cast<int64_t>(indptr[mid]) + mid <= lim) lo = mid;
+      else hi = mid - 1;
+    }
+    pieces.push_back({indptr, indices, r0, lo, cols, which});
+    r0 = lo;
+  }
+}
+
+template <typename I>
+bool SpgemmCheck<I>::run() {
+  const int64_t n = static_cast<int64_t>(pieces.size());
+  for (int64_t q; (q = next.fetch_add(1)) < n; done.fetch_add(1)) {
+    const Piece& p = pieces[static_cast<size_t>(q)];
+    if (rows_canonical(p.indptr, p.indices, p.r0, p.r1, p.cols)) continue;
+    int cur = bad.load();
+    while ((cur < 0 || p.which < cur) && !bad.compare_exchange_weak(cur, p.which)) {
+    }
+  }
+  while (done.load(std::memory_order_acquire) < n) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  return bad.load() < 0;
+}
+
+template <typename I>
+std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, int64_t cols, int64_t nnz) {
+  // indptr is checked serially first: the per-row checks below index with it.
+  const std::string bad_indptr = spgemm_check_indptr(indptr, rows, nnz);
+  if (!bad_indptr.empty()) return bad_indptr;
   std::atomic<int64_t> bad_row{rows};
   // Chunks of ~256k entries. (Checking up to 1M entries on the calling thread alone, so that a sleeping
   // worker would join the first pass late instead of being waited for here, measured 2-5% slower on
@@ -361,6 +406,8 @@ std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, in
 #define SPGEMM_INST_I(I)                                                                                       \
   template int64_t spgemm_row_flops<I>(const CsrRef<void, I>&, const CsrRef<void, I>&, int64_t*);             \
   template std::string spgemm_check_csr<I>(const I*, const I*, int64_t, int64_t, int64_t);               \
+  template std::string spgemm_check_indptr<I>(const I*, int64_t, int64_t);                                 \
+  template struct SpgemmCheck<I>;                                                                           \
   template int64_t spgemm_longest_row<I>(const CsrRef<void, I>&);                                            \
   template int64_t spgemm_direct_bound<I>(const I*, int64_t, int64_t, int64_t, int64_t);                   \
   template void spgemm_split_rows<I>(const I*, int64_t, int, int64_t*);

@@ -234,6 +234,29 @@ int64_t spgemm_row_flops(const CsrRef<void, I>& a, const CsrRef<void, I>& b, int
 template <typename I>
 void spgemm_split_rows(const I* indptr, int64_t m, int parts, int64_t* bounds);
 
+// The row check of the inputs (indices in range, sorted and unique per row), run inside the first pass's
+// parallel region instead of a region of its own: every thread that arrives claims pieces of it, and none
+// computes a row before all pieces are done. A worker that was asleep thus costs the rows the calling
+// thread checks alone while it wakes, not a wait at a separate region's closing barrier (Poisson 2-D on
+// two threads after an idle pause: ~0.5 ms). indptr must have been checked already (spgemm_check_indptr).
+template <typename I>
+struct SpgemmCheck {
+  struct Piece {
+    const I* indptr;
+    const I* indices;
+    int64_t r0, r1, cols;
+    int which;  // 0: a, 1: b
+  };
+  std::vector<Piece> pieces;
+  std::atomic<int64_t> next{0}, done{0};
+  std::atomic<int> bad{-1};  // the input that failed (the lowest index), -1 none
+  // Adds matrix `which`'s rows in pieces of about 64k entries.
+  void add(const I* indptr, const I* indices, int64_t rows, int64_t cols, int which);
+  // Claims and checks pieces until none is left, then waits for the other threads' pieces; true when
+  // every row is canonical.
+  bool run();
+};
+
 // State carried from the first pass to the second: row flops, the part bounds, which rows were fused, and
 // the parts' buffers (freed with the plan).
 template <typename V, typename I>
@@ -256,6 +279,7 @@ struct SpgemmPlan {
   // where C's first entry is within direct_* (nonzero when a lower half was written backwards).
   int direct_parts = 0;
   int64_t direct_start = 0;
+  SpgemmCheck<I>* check = nullptr;  // optional: rows checked inside the first pass (SpgemmCheck)
 };
 
 // B's longest row, and the upper bound on the nnz of rows [r0, r1) of C that it gives without a pass
@@ -273,6 +297,7 @@ int64_t spgemm_fuse_budget_bytes();
 
 // Whole product with the kernel chosen for active_isa(), on num_threads() threads, rows balanced by flops.
 // first pass: fills c_indptr [a.rows + 1] and returns nnz(C); rows within the budget are computed already.
+// With plan->check, returns -1 (computing nothing) when an input's rows are not canonical.
 // numeric: fills C (allocated by the caller with exactly nnz(C) entries) and frees the parts' buffers.
 template <typename V, typename I>
 int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indptr, SpgemmPlan<V, I>* plan);
@@ -284,5 +309,8 @@ void spgemm_numeric(const CsrRef<V, I>& a, const CsrRef<V, I>& b, SpgemmPlan<V, 
 // (the first offending row), on num_threads() threads.
 template <typename I>
 std::string spgemm_check_csr(const I* indptr, const I* indices, int64_t rows, int64_t cols, int64_t nnz);
+// Only its indptr part (serial: the row checks index with it); "" or what is wrong.
+template <typename I>
+std::string spgemm_check_indptr(const I* indptr, int64_t rows, int64_t nnz);
 
 }  // namespace sparseforge
