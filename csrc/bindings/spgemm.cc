@@ -57,7 +57,11 @@ CsrRef<V, I> require_csr(const char* name, py::handle indptr, py::handle indices
   m.data = static_cast<const V*>(x.data());
   // Only indptr here: the rows are checked inside the product's first pass (SpgemmCheck), and
   // not_canonical() names the bad row if that check fails.
-  const std::string err = spgemm_check_indptr<I>(m.indptr, rows, j.shape(0));
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = spgemm_check_indptr<I>(m.indptr, rows, j.shape(0));
+  }
   if (!err.empty()) throw py::value_error(where + s + "' is not canonical CSR: " + err);
   return m;
 }
@@ -113,8 +117,9 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   if (!same) check.add(b.indptr, b.indices, b.rows, b.cols, 1);
   plan.check = &check;
   // C's storage up front when its output will be pooled anyway: a reservation within an upper bound on
-  // nnz(C) (address space; only what is written costs memory), into which the first part of rows is
-  // written in place instead of through the fused-pass buffer and a copy (Poisson 2-D: 1.3 of 8.7 ms).
+  // nnz(C) (address space; only what is written costs memory), into which rows are written in place
+  // (one thread: all of them; two: two halves) instead of through the fused-pass buffer and a copy
+  // (Poisson 2-D, one thread: the copy was 1.3 of 8.7 ms).
   DirectBlocks direct;
   if (direct_enabled()) {
     const double est = static_cast<double>(a.indptr[a.rows]) * static_cast<double>(b.indptr[b.rows]) /
