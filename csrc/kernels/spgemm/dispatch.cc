@@ -300,10 +300,13 @@ bool rows_canonical(const I* indptr, const I* indices, int64_t r0, int64_t r1, i
   using U = std::make_unsigned_t<I>;
   const int64_t t0 = indptr[r0], t1 = indptr[r1];
   const U ucols = static_cast<U>(cols);
-  U outside = 0;  // a negative index is a large unsigned one
-  for (int64_t t = t0; t < t1; ++t) outside |= static_cast<U>(static_cast<U>(indices[t]) >= ucols);
+  if (t0 == t1) return true;
+  U outside = static_cast<U>(static_cast<U>(indices[t0]) >= ucols);  // a negative index is a large unsigned one
   int64_t drops = 0, at_starts = 0;
-  for (int64_t t = t0 + 1; t < t1; ++t) drops += indices[t] <= indices[t - 1];
+  for (int64_t t = t0 + 1; t < t1; ++t) {
+    outside |= static_cast<U>(static_cast<U>(indices[t]) >= ucols);
+    drops += indices[t] <= indices[t - 1];
+  }
   for (int64_t i = r0 + 1; i < r1; ++i) {
     const int64_t s = indptr[i];
     if (s > t0 && s < indptr[i + 1]) at_starts += indices[s] <= indices[s - 1];
