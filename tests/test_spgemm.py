@@ -593,6 +593,37 @@ def test_output_pool_never_hands_out_a_live_array():
     np.testing.assert_array_equal(c1.data, 2 * r.data)
 
 
+def test_output_pool_over_budget_blocks_are_left_lazily_and_reused_clean():
+    # A result over the budget (1 MB here) is not kept but handed back with MADV_FREE and reused by the
+    # next product of its size, which must rewrite all of it (the kernel may have taken any page).
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, scipy.sparse as sp\n"
+            "from sparseforge import _C\n"
+            "from sparseforge.ops import spgemm\n"
+            "a = sp.random(1500, 1500, density=0.016, format='csr', random_state=1)\n"
+            "a.sort_indices()\n"
+            "r = (a @ a).tocsr(); r.sort_indices()\n"
+            "c = spgemm(a, a)\n"
+            "assert c.data.nbytes >= 4 << 20\n"
+            "addr = c.data.ctypes.data\n"
+            "c.data[:] = np.nan\n"
+            "del c\n"
+            "s = _C.output_pool_stats()\n"
+            "assert s['kept_bytes'] == 0 and s['lazy_blocks'] >= 1, s\n"
+            "c = spgemm(a, a)\n"
+            "assert c.data.ctypes.data == addr\n"
+            "assert np.array_equal(c.indices, r.indices) and np.array_equal(c.data, r.data)\n"
+            "_C.spgemm_release_buffers()\n"
+            "assert _C.output_pool_stats()['lazy_blocks'] == 0\n"
+            "print('ok')\n")
+    env = dict(os.environ, SPARSEFORGE_OUTPUT_POOL_MB="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "ok"
+
+
 def test_output_pool_budget_zero_keeps_nothing():
     import subprocess
     import sys

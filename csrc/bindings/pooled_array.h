@@ -69,7 +69,7 @@ void pool_release(PooledBlock b);
 void pool_release_all();
 
 struct PoolStats {
-  int64_t kept_bytes = 0, kept_blocks = 0, reused = 0, mapped = 0;
+  int64_t kept_bytes = 0, kept_blocks = 0, reused = 0, mapped = 0, lazy_blocks = 0, lazy_bytes = 0;
 };
 PoolStats pool_stats();
 

@@ -221,8 +221,10 @@ SPARSEFORGE_BIND_OP(
         const bind::PoolStats s = bind::pool_stats();
         py::dict d;
         d["kept_bytes"] = s.kept_bytes, d["kept_blocks"] = s.kept_blocks, d["reused"] = s.reused, d["mapped"] = s.mapped;
+        d["lazy_blocks"] = s.lazy_blocks, d["lazy_bytes"] = s.lazy_bytes;
         return d;
-      }, "The output-array pool: bytes and blocks kept for reuse, blocks reused and newly allocated so far.");
+      }, "The output-array pool: bytes and blocks kept for reuse, blocks reused and newly allocated so far, and\n"
+         "blocks over the budget left to the kernel with MADV_FREE (lazy_blocks; lazy_bytes: what they held).");
       mod.def("spgemm_row_flops", [](py::handle ap, py::handle aj, py::handle ash, py::handle bp, py::handle bsh) {
         // Partial products per row (sum over k in A_i of nnz(B_k)); int64 [rows].
         auto [ar, ac] = require_shape("a_shape", ash);
