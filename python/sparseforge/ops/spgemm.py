@@ -7,8 +7,9 @@ so a loop of products does not page-fault its outputs anew) and rows are written
 one thread all of them, on two threads two halves meeting in the middle (the lower one written
 backwards). Other rows go through pooled buffers (up to 64 MiB per call, ``SPARSEFORGE_SPGEMM_FUSE_MB``)
 and are copied into C after the pass. The result arrays hold exactly nnz(C) entries (views into their
-blocks); ``SPARSEFORGE_OUTPUT_POOL_MB`` (default 256) bounds what the pool keeps and
-``sparseforge._C.spgemm_release_buffers()`` frees it. Runs on ``sparseforge._C.num_threads()`` threads
+blocks); ``SPARSEFORGE_OUTPUT_POOL_MB`` (default 256) bounds what the pool keeps (larger dead results
+are left to the kernel with ``MADV_FREE``: their memory stays in the process until the system needs it)
+and ``sparseforge._C.spgemm_release_buffers()`` frees it all. Runs on ``sparseforge._C.num_threads()`` threads
 (see ``csrc/kernels/spgemm/README.md``).
 """
 
