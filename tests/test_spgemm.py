@@ -593,9 +593,9 @@ def test_output_pool_never_hands_out_a_live_array():
     np.testing.assert_array_equal(c1.data, 2 * r.data)
 
 
-def test_output_pool_over_budget_blocks_are_left_lazily_and_reused_clean():
-    # A result over the budget (1 MB here) is not kept but handed back with MADV_FREE and reused by the
-    # next product of its size, which must rewrite all of it (the kernel may have taken any page).
+def _with_pool_budget(mb: str, body: str) -> str:
+    """Runs `body` in a fresh interpreter with SPARSEFORGE_OUTPUT_POOL_MB=mb (read once per process), after
+    a prelude that makes `a`, whose square's float64 values fill more than 4 MiB; returns the last line."""
     import subprocess
     import sys
 
@@ -604,9 +604,18 @@ def test_output_pool_over_budget_blocks_are_left_lazily_and_reused_clean():
             "from sparseforge.ops import spgemm\n"
             "a = sp.random(1500, 1500, density=0.016, format='csr', random_state=1)\n"
             "a.sort_indices()\n"
-            "r = (a @ a).tocsr(); r.sort_indices()\n"
             "c = spgemm(a, a)\n"
-            "assert c.data.nbytes >= 4 << 20\n"
+            "assert c.data.nbytes >= 4 << 20\n" + body)
+    env = dict(os.environ, SPARSEFORGE_OUTPUT_POOL_MB=mb)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-1]
+
+
+def test_output_pool_over_budget_blocks_are_left_lazily_and_reused_clean():
+    # A result over the budget (1 MB here) is not kept but handed back with MADV_FREE and reused by the
+    # next product of its size, which must rewrite all of it (the kernel may have taken any page).
+    body = ("r = (a @ a).tocsr(); r.sort_indices()\n"
             "addr = c.data.ctypes.data\n"
             "c.data[:] = np.nan\n"
             "del c\n"
@@ -618,25 +627,9 @@ def test_output_pool_over_budget_blocks_are_left_lazily_and_reused_clean():
             "_C.spgemm_release_buffers()\n"
             "assert _C.output_pool_stats()['lazy_blocks'] == 0\n"
             "print('ok')\n")
-    env = dict(os.environ, SPARSEFORGE_OUTPUT_POOL_MB="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "ok"
+    assert _with_pool_budget("1", body) == "ok"
 
 
 def test_output_pool_budget_zero_keeps_nothing():
-    import subprocess
-    import sys
-
-    code = ("import numpy as np, scipy.sparse as sp\n"
-            "from sparseforge import _C\n"
-            "from sparseforge.ops import spgemm\n"
-            "a = sp.random(1500, 1500, density=0.016, format='csr', random_state=1)\n"
-            "c = spgemm(a, a)\n"
-            "assert c.data.nbytes >= 4 << 20\n"
-            "del c\n"
-            "print(_C.output_pool_stats()['kept_bytes'])\n")
-    env = dict(os.environ, SPARSEFORGE_OUTPUT_POOL_MB="0")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "0"
+    body = "del c\ns = _C.output_pool_stats()\nprint(f\"{s['kept_bytes']}/{s['lazy_blocks']}\")\n"
+    assert _with_pool_budget("0", body) == "0/0"
