@@ -111,8 +111,26 @@ def fem_blocks(rng, dt, it, bs=6, blocks=60, per_row=4):
     return m, rows_from_lists(lists, blocks * bs, rng, dt, it)
 
 
+def twin_rows(rng, dt, it, n=300):
+    # Rows of A in runs of 1..6 with the same columns (one node's dofs), so their rows of C are computed
+    # together (up to 4 at a time, the rest of a longer run in the next batch). B's rows: blocks of 5 with
+    # the same columns in runs of 5 (pattern groups), and single rows of random columns (the scalar
+    # terms), so a batch of rows takes both paths. Every row spans the few hundred columns densely.
+    b_lists = []
+    for blk in range(n // 10):
+        base = rng.choice(n // 5 - 2, 3, replace=False) * 5
+        b_lists += [np.concatenate([np.arange(c, c + 5) for c in base])] * 5
+        b_lists += [rng.choice(n, 12, replace=False) for _ in range(5)]
+    a_lists = []
+    while len(a_lists) < n:
+        grouped = (rng.choice(n // 5, 3, replace=False)[:, None] * 5 + np.arange(5)).ravel()
+        a_lists += [np.unique(np.r_[grouped, rng.choice(n, 3)])] * int(rng.integers(1, 7))
+    return rows_from_lists(a_lists[:n], n, rng, dt, it), rows_from_lists(b_lists, n, rng, dt, it)
+
+
 CASES = {
     "fem_blocks": fem_blocks,
+    "twin_rows": twin_rows,
     "fem_blocks_long_runs": lambda rng, dt, it: fem_blocks(rng, dt, it, bs=11, blocks=30),
     "fem_blocks_big_groups": lambda rng, dt, it: fem_blocks(rng, dt, it, bs=40, blocks=8, per_row=2),
     "interleaved_paths": interleaved_rows,

@@ -181,12 +181,14 @@ struct RowWorkspace {
     return stamp;
   }
 
-  uint8_t* ensure_dense(int64_t cols, bool with_acc) {
-    const size_t n = static_cast<size_t>(cols) + 64;  // slack: vector reads past the last column stay inside
+  // `rows` accumulators, dense_stride(cols) apart (RowEngine's twin rows).
+  uint8_t* ensure_dense(int64_t cols, bool with_acc, int rows = 1) {
+    const size_t n = static_cast<size_t>(dense_stride(cols));
     if (flags.size() < n) flags.assign(n, 0);
-    if (with_acc && acc.size() < n) acc.assign(n, V(0));
+    if (with_acc && acc.size() < rows * n) acc.assign(rows * n, V(0));
     return flags.data();
   }
+  static int64_t dense_stride(int64_t cols) { return cols + 64; }  // slack: vector reads past the last column stay inside
 };
 
 // The portable pieces; an ISA policy overrides what it can do faster.
@@ -218,11 +220,11 @@ struct ScalarPolicy {
     return cheap;
   }
   // Dense-span rows: g terms whose rows of B share one column list `cols` [len] (P::accumulate_group
-  // adds them run by run); off: the policy has no such path.
+  // adds them run by run, for R rows of A with the same columns); off: the policy has no such path.
   static constexpr bool kGroupAccumulate = false;
-  template <typename I, typename V>
-  static void accumulate_group(const V* av, const int64_t* us, int64_t g, const I* cols, int64_t len, const V* bx,
-                               V* acc, uint8_t* flags) {}
+  template <int R, typename I, typename V>
+  static void accumulate_group(const V* av, int64_t astride, const int64_t* us, int64_t g, const I* cols, int64_t len,
+                               const V* bx, V* acc, int64_t stride, uint8_t* flags) {}
   template <typename V>
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];

@@ -52,7 +52,7 @@ class RowEngine {
  public:
   RowEngine(const CsrRef<V, I>& a, const CsrRef<V, I>& b)
       : ap_(a.indptr), aj_(a.indices), ax_(a.data), bp_(b.indptr), bj_(b.indices), bx_(b.data),
-        nnz_a_(a.indptr[a.rows]), cols_(b.cols), rows_b_(b.rows) {}
+        nnz_a_(a.indptr[a.rows]), cols_(b.cols), rows_b_(b.rows), rows_a_(a.rows) {}
 
   // Number of distinct columns of row i of C (the symbolic pass); f = flop[i].
   int64_t count(int64_t i, int64_t f) {
@@ -110,6 +110,7 @@ class RowEngine {
   // `known` is the length from the symbolic pass, or -1 when the row is computed without one (fused):
   // the paths that rely on it are then skipped.
   int64_t compute(int64_t i, int64_t f, int64_t known, I* oj, V* ox) {
+    if (i == twin_next_) return take_twin(oj, ox);
     const int64_t s = ap_[i], e = ap_[i + 1];
     if (f == 0) return 0;
     if (e - s == 1) {
@@ -128,7 +129,14 @@ class RowEngine {
     }
     if (dense_span && known == whi - wlo + 1) return dense_full(s, e, wlo, known, oj, ox);
     if (dense_span) {
-      if (P::kGroupAccumulate && try_groups(e - s)) return dense_flags_grouped(s, e, wlo, whi, oj, ox);
+      if (P::kGroupAccumulate && try_groups(e - s)) {
+        switch (twin_rows(i, s, e)) {
+          case 2: return dense_flags_grouped<2>(i, s, e, wlo, whi, oj, ox);
+          case 3: return dense_flags_grouped<3>(i, s, e, wlo, whi, oj, ox);
+          case 4: return dense_flags_grouped<4>(i, s, e, wlo, whi, oj, ox);
+          default: return dense_flags_grouped<1>(i, s, e, wlo, whi, oj, ox);
+        }
+      }
       return dense_flags(s, e, wlo, whi, oj, ox);
     }
     if (P::kEscMax > 0 && f > P::kEscMin && f <= P::kEscMax && cols_ <= kEscMaxCols) {
@@ -148,7 +156,7 @@ class RowEngine {
   const I* bp_;
   const I* bj_;
   const V* bx_;
-  int64_t nnz_a_, cols_, rows_b_;
+  int64_t nnz_a_, cols_, rows_b_, rows_a_;
   RowWorkspace<V, I> ws_;
   int penalty_ = 0;
   int64_t hash_rows_ = 0;
@@ -194,15 +202,21 @@ class RowEngine {
     return P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
   }
 
-  // acc[j] += a_t * B[k, j] and flags[j] = 1 over row k = aj[t] of B (a dense-span row's term).
-  __attribute__((always_inline)) void add_term(int64_t t, V* acc, uint8_t* flags) const {
+  // acc[j] += a_t * B[k, j] and flags[j] = 1 over row k = aj[t] of B (a dense-span row's term); for R > 1
+  // also for the R - 1 rows of A after it, which have the same columns (their terms len apart), into the
+  // accumulators stride apart.
+  template <int R = 1>
+  __attribute__((always_inline)) void add_term(int64_t t, V* acc, uint8_t* flags, int64_t len = 0,
+                                               int64_t stride = 0) const {
     const I* bj = bj_;
     const V* bx = bx_;
     const I k = aj_[t];
-    const V av = ax_[t];
+    V av[R];
+    for (int r = 0; r < R; ++r) av[r] = ax_[t + r * len];
     for (int64_t u = bp_[k], ue = bp_[k + 1]; u < ue; ++u) {
       const I j = bj[u];
-      acc[j] += product(av, bx[u]);
+      const V b = bx[u];
+      for (int r = 0; r < R; ++r) acc[r * stride + j] += product(av[r], b);
       flags[j] = 1;
     }
   }
@@ -211,26 +225,77 @@ class RowEngine {
   // group goes to P::accumulate_group, other terms take the scalar loop. A function of its own, kept out
   // of line, so that dense_flags' code (and its loop placement, worth up to 10% on pyamg's bar) is not
   // changed for the matrices that have no such groups (try_groups).
-  __attribute__((noinline)) int64_t dense_flags_grouped(int64_t s, int64_t e, int64_t wlo, int64_t whi, I* oj, V* ox) {
+  //
+  // R > 1: rows i+1 .. i+R-1 of A have row i's columns (FEM: the dofs of one node), so their rows of C
+  // have row i's columns too. They are computed here with it, into R accumulators side by side: each
+  // value of B is loaded once for R rows, and the flags, the runs and the read-back are done once. The
+  // other rows wait in the twin buffer until compute() asks for them (twin_next_).
+  template <int R>
+  __attribute__((noinline)) int64_t dense_flags_grouped(int64_t i, int64_t s, int64_t e, int64_t wlo, int64_t whi,
+                                                         I* oj, V* ox) {
     const I* aj = aj_;
     const I* bp = bp_;
-    uint8_t* flags = ws_.ensure_dense(cols_, true);
+    const int64_t len = e - s;
+    uint8_t* flags = ws_.ensure_dense(cols_, true, R);
     V* acc = ws_.acc.data();
+    const int64_t stride = ws_.dense_stride(cols_);
     int64_t us[kMaxGroup];
     for (int64_t t = s; t < e; ++t) {
       prefetch_b_row(aj, t + kPrefetchAhead, nnz_a_, bp, bj_, bx_);
       const int64_t g = pattern_group(t, e);
       if (g == 1) {
-        add_term(t, acc, flags);
+        add_term<R>(t, acc, flags, len, stride);
         continue;
       }
       if (group_trial_) group_terms_ += g;
       for (int64_t q = 0; q < g; ++q) us[q] = bp[aj[t + q]];
-      P::accumulate_group(ax_ + t, us, g, bj_ + us[0], static_cast<int64_t>(bp[aj[t] + 1]) - us[0], bx_, acc, flags);
+      P::template accumulate_group<R>(ax_ + t, len, us, g, bj_ + us[0], static_cast<int64_t>(bp[aj[t] + 1]) - us[0],
+                                      bx_, acc, stride, flags);
       t += g - 1;
     }
-    return P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
+    const int64_t n = P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
+    if constexpr (R > 1) keep_twins(i, R, n, oj, acc + stride, stride);
+    return n;
   }
+
+  // Rows after i with row i's columns in A (at most kMaxTwins rows in all, counting i).
+  static constexpr int kMaxTwins = 4;
+  int twin_rows(int64_t i, int64_t s, int64_t e) const {
+    const int64_t len = e - s;
+    int r = 1;
+    for (; r < kMaxTwins && i + r < rows_a_; ++r) {
+      const int64_t s2 = ap_[i + r];
+      if (ap_[i + r + 1] - s2 != len || std::memcmp(aj_ + s2, aj_ + s, static_cast<size_t>(len) * sizeof(I)) != 0)
+        break;
+    }
+    return r;
+  }
+  // Moves rows i+1 .. i+r-1 (columns oj[0, n), values in the accumulators from acc, cleared behind) to
+  // the twin buffer.
+  void keep_twins(int64_t i, int r, int64_t n, const I* oj, V* acc, int64_t stride) {
+    if (twin_j_.size() < static_cast<size_t>(n)) twin_j_.resize(static_cast<size_t>(n));
+    if (twin_x_.size() < static_cast<size_t>((r - 1) * n)) twin_x_.resize(static_cast<size_t>((r - 1) * n));
+    std::memcpy(twin_j_.data(), oj, static_cast<size_t>(n) * sizeof(I));
+    V* x = twin_x_.data();
+    for (int q = 1; q < r; ++q, acc += stride, x += n)
+      for (int64_t p = 0; p < n; ++p) {
+        x[p] = acc[oj[p]];
+        acc[oj[p]] = V(0);
+      }
+    twin_n_ = n;
+    twin_first_ = twin_next_ = i + 1;
+    twin_last_ = i + r - 1;
+  }
+  int64_t take_twin(I* oj, V* ox) {
+    const int64_t n = twin_n_;
+    std::memcpy(oj, twin_j_.data(), static_cast<size_t>(n) * sizeof(I));
+    std::memcpy(ox, twin_x_.data() + (twin_next_ - twin_first_) * n, static_cast<size_t>(n) * sizeof(V));
+    twin_next_ = twin_next_ < twin_last_ ? twin_next_ + 1 : -1;
+    return n;
+  }
+  std::vector<I> twin_j_;
+  std::vector<V> twin_x_;
+  int64_t twin_n_ = 0, twin_first_ = -1, twin_next_ = -1, twin_last_ = -1;
 
   // Dense-span rows take dense_flags_grouped for the engine's first kGroupTrialRows of them, and after
   // that only if groups covered at least half of those rows' terms (DG: nearly all; 2-D elasticity: most;

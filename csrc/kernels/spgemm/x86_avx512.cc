@@ -190,30 +190,40 @@ struct Avx512Policy : Avx2Policy {
   // scalar loop did a load-add-store of acc per product; masked loads here would wait on the masked store
   // of the term before (no store forwarding), which is why runs are carried across the whole group.
   static constexpr bool kGroupAccumulate = true;
-  template <typename I, typename V>
-  static void accumulate_group(const V* av, const int64_t* us, int64_t g, const I* cols, int64_t len, const V* bx,
-                               V* acc, uint8_t* flags) {
+  // R rows of A with the same columns (their values astride apart in av, accumulators stride apart)
+  // share each load of B's values.
+  template <int R, typename I, typename V>
+  static void accumulate_group(const V* av, int64_t astride, const int64_t* us, int64_t g, const I* cols, int64_t len,
+                               const V* bx, V* acc, int64_t stride, uint8_t* flags) {
     for (int64_t p = 0; p < len;) {
       const I j0 = cols[p];
       int64_t run = 1;
       while (run < 8 && p + run < len && cols[p + run] == j0 + run) ++run;
       const __mmask8 m = static_cast<__mmask8>((1u << run) - 1u);
       if constexpr (sizeof(V) == 8) {
-        __m512d a = _mm512_maskz_loadu_pd(m, acc + j0);
+        __m512d a[R];
+        for (int r = 0; r < R; ++r) a[r] = _mm512_maskz_loadu_pd(m, acc + r * stride + j0);
         for (int64_t q = 0; q < g; ++q) {
-          __m512d prod = _mm512_mul_pd(_mm512_set1_pd(av[q]), _mm512_maskz_loadu_pd(m, bx + us[q] + p));
-          asm("" : "+v"(prod));  // no FMA contraction: the product is rounded first, as scipy does
-          a = _mm512_add_pd(a, prod);
+          const __m512d b = _mm512_maskz_loadu_pd(m, bx + us[q] + p);
+          for (int r = 0; r < R; ++r) {
+            __m512d prod = _mm512_mul_pd(_mm512_set1_pd(av[q + r * astride]), b);
+            asm("" : "+v"(prod));  // no FMA contraction: the product is rounded first, as scipy does
+            a[r] = _mm512_add_pd(a[r], prod);
+          }
         }
-        _mm512_mask_storeu_pd(acc + j0, m, a);
+        for (int r = 0; r < R; ++r) _mm512_mask_storeu_pd(acc + r * stride + j0, m, a[r]);
       } else {
-        __m256 a = _mm256_maskz_loadu_ps(m, acc + j0);
+        __m256 a[R];
+        for (int r = 0; r < R; ++r) a[r] = _mm256_maskz_loadu_ps(m, acc + r * stride + j0);
         for (int64_t q = 0; q < g; ++q) {
-          __m256 prod = _mm256_mul_ps(_mm256_set1_ps(av[q]), _mm256_maskz_loadu_ps(m, bx + us[q] + p));
-          asm("" : "+v"(prod));
-          a = _mm256_add_ps(a, prod);
+          const __m256 b = _mm256_maskz_loadu_ps(m, bx + us[q] + p);
+          for (int r = 0; r < R; ++r) {
+            __m256 prod = _mm256_mul_ps(_mm256_set1_ps(av[q + r * astride]), b);
+            asm("" : "+v"(prod));
+            a[r] = _mm256_add_ps(a[r], prod);
+          }
         }
-        _mm256_mask_storeu_ps(acc + j0, m, a);
+        for (int r = 0; r < R; ++r) _mm256_mask_storeu_ps(acc + r * stride + j0, m, a[r]);
       }
       _mm_mask_storeu_epi8(flags + j0, m, _mm_set1_epi8(1));
       p += run;
