@@ -137,7 +137,12 @@ class RowEngine {
           default: return dense_flags_grouped<1>(i, s, e, wlo, whi, oj, ox);
         }
       }
-      return dense_flags(s, e, wlo, whi, oj, ox);
+      switch (twin_rows(i, s, e)) {
+        case 2: return dense_flags_twins<2>(i, s, e, wlo, whi, oj, ox);
+        case 3: return dense_flags_twins<3>(i, s, e, wlo, whi, oj, ox);
+        case 4: return dense_flags_twins<4>(i, s, e, wlo, whi, oj, ox);
+        default: return dense_flags(s, e, wlo, whi, oj, ox);
+      }
     }
     if (P::kEscMax > 0 && f > P::kEscMin && f <= P::kEscMax && cols_ <= kEscMaxCols) {
       if (esc_skip_ == 0) return esc(s, e, f, oj, ox);
@@ -200,6 +205,22 @@ class RowEngine {
       add_term(t, acc, flags);
     }
     return P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
+  }
+
+  // dense_flags for row i and the R - 1 rows after it, which have its columns in A (twin_rows).
+  template <int R>
+  __attribute__((noinline)) int64_t dense_flags_twins(int64_t i, int64_t s, int64_t e, int64_t wlo, int64_t whi,
+                                                       I* oj, V* ox) {
+    uint8_t* flags = ws_.ensure_dense(cols_, true, R);
+    V* acc = ws_.acc.data();
+    const int64_t stride = ws_.dense_stride(cols_);
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj_, t + kPrefetchAhead, nnz_a_, bp_, bj_, bx_);
+      add_term<R>(t, acc, flags, e - s, stride);
+    }
+    const int64_t n = P::template gather_flags<V, I>(flags, wlo, whi + 1, acc, oj, ox);
+    keep_twins(i, R, n, oj, acc + stride, stride);
+    return n;
   }
 
   // acc[j] += a_t * B[k, j] and flags[j] = 1 over row k = aj[t] of B (a dense-span row's term); for R > 1
