@@ -19,7 +19,7 @@ namespace {
 constexpr const char* kFn = "spgemm";
 // What the last spgemm call did (tests check that every path is reached): rows computed in the first
 // pass, rows in all, parts.
-std::atomic<int64_t> g_last_fused{0}, g_last_rows{0}, g_last_parts{0}, g_last_direct{0}, g_last_taken{0};
+std::atomic<int64_t> g_last_fused{0}, g_last_rows{0}, g_last_parts{0}, g_last_direct{0}, g_last_taken{0}, g_last_band{0};
 
 std::pair<int64_t, int64_t> require_shape(const char* arg, py::handle obj) {
   py::tuple t;
@@ -164,6 +164,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   g_last_fused = plan.fused_rows, g_last_rows = a.rows, g_last_parts = static_cast<int64_t>(plan.bounds.size()) - 1;
   g_last_direct = plan.direct_parts;
   g_last_taken = plan.taken_rows;
+  g_last_band = plan.band_rows;
   return py::make_tuple(c_indptr, c_indices, c_data);
 }
 
@@ -208,10 +209,12 @@ SPARSEFORGE_BIND_OP(
         d["direct"] = g_last_direct.load() != 0;
         d["direct_parts"] = g_last_direct.load();
         d["taken_rows"] = g_last_taken.load();
+        d["band_rows"] = g_last_band.load();
         return d;
       }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts, and how many\n"
          "parts wrote their rows straight into C (direct_parts; direct: any); with two halves, the rows a\n"
-         "thread took from the far end of the other's half (taken_rows).");
+         "thread took from the far end of the other's half (taken_rows); rows computed as band rows of a\n"
+         "stencil pattern (band_rows).");
       mod.def("spgemm_release_buffers", [] {
         spgemm_release_pool();
         bind::pool_release_all();

@@ -66,6 +66,7 @@ struct alignas(64) SpgemmPart {
   int64_t used = 0;
   int64_t deferred = 0;  // rows left to the second pass
   int64_t taken = 0;     // rows this thread's buffer took from another thread's half (SpgemmHalves)
+  int64_t band = 0;      // rows computed as band rows (spgemm_band.h)
   std::atomic<int64_t>* chunks_left = nullptr;
   // Direct part (the first part, when the caller gave C's storage up front, SpgemmPlan::direct_*): its
   // rows go straight to C's arrays, one after the other from entry 0, which is where they belong, so
@@ -106,13 +107,14 @@ struct alignas(64) SpgemmPart {
     runs.clear();
   }
   // Row i was just placed at (back chunk, u); extends the last run or starts one.
-  void note_buffered(int64_t i, int64_t u) {
+  // Rows [i, i + n) were written to the back chunk from entry u.
+  void note_buffered(int64_t i, int64_t u, int64_t n = 1) {
     const int64_t c = static_cast<int64_t>(chunks.size()) - 1;
     if (!runs.empty() && runs.back().row1 == i && runs.back().chunk == c) {
-      runs.back().row1 = i + 1;
+      runs.back().row1 = i + n;
       return;
     }
-    runs.push_back({i, i + 1, c, u});
+    runs.push_back({i, i + n, c, u});
   }
   static I* cols_of(void* c) { return static_cast<I*>(c); }
   static V* vals_of(void* c) { return reinterpret_cast<V*>(static_cast<char*>(c) + kEntries * sizeof(I)); }
@@ -269,6 +271,7 @@ struct SpgemmPlan {
   std::atomic<int64_t> chunks_left{0};
   int64_t fused_rows = 0;  // how many rows the first pass computed (for tests and benchmarks)
   int64_t taken_rows = 0;  // with halves: rows taken from the far end of another thread's half
+  int64_t band_rows = 0;   // rows computed as band rows (spgemm_band.h)
   // Optional, set by the caller before the first pass: C's indices and values storage, each with room for
   // at least spgemm_direct_bound() entries (a reservation: only what is written costs memory). The first
   // part then writes its rows there in place (SpgemmPart::direct_*), and numeric must get the same arrays.

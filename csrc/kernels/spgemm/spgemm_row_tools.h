@@ -191,8 +191,27 @@ struct RowWorkspace {
   static int64_t dense_stride(int64_t cols) { return cols + 64; }  // slack: vector reads past the last column stay inside
 };
 
+// A band pattern (spgemm_band.h): row i of A has the columns i + a[t], row k of B the columns k + b[q],
+// so row i of C has the columns i + c[s] (the sorted sums), the product (t, q) landing in slot[t][q].
+constexpr int kBandMaxA = 16, kBandMaxB = 16, kBandMaxC = 32;
+struct BandPattern {
+  int na = 0, nb = 0, nc = 0;
+  int64_t a[kBandMaxA], b[kBandMaxB], c[kBandMaxC];
+  int8_t slot[kBandMaxA][kBandMaxB];
+};
+
 // The portable pieces; an ISA policy overrides what it can do faster.
 struct ScalarPolicy {
+  // Band rows (spgemm_band.h): off; the scalar oracle keeps the accumulators.
+  static constexpr bool kBand = false;
+  template <typename V>
+  struct BandPlan {};
+  template <typename V>
+  static bool band_plan(const BandPattern&, BandPlan<V>*) { return false; }
+  template <typename V>
+  static void band_rows(const BandPlan<V>&, const V*, const V* const*, int64_t, V*) {}
+  template <typename V, typename I>
+  static void band_cols(const BandPlan<V>&, int64_t, int64_t, I*) {}
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
   // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
   // sort, compress) when the policy has esc_sort_merge; 0 turns it off.

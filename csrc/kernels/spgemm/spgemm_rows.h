@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "spgemm.h"
+#include "spgemm_band.h"
 #include "spgemm_row_tools.h"
 
 namespace sparseforge {
@@ -52,7 +53,7 @@ class RowEngine {
  public:
   RowEngine(const CsrRef<V, I>& a, const CsrRef<V, I>& b)
       : ap_(a.indptr), aj_(a.indices), ax_(a.data), bp_(b.indptr), bj_(b.indices), bx_(b.data),
-        nnz_a_(a.indptr[a.rows]), cols_(b.cols), rows_b_(b.rows), rows_a_(a.rows) {}
+        nnz_a_(a.indptr[a.rows]), cols_(b.cols), rows_b_(b.rows), rows_a_(a.rows), band_(a, b) {}
 
   // Number of distinct columns of row i of C (the symbolic pass); f = flop[i].
   int64_t count(int64_t i, int64_t f) {
@@ -109,6 +110,8 @@ class RowEngine {
   // Writes row i of C, columns sorted, to oj/ox and returns its length; writes nothing past it.
   // `known` is the length from the symbolic pass, or -1 when the row is computed without one (fused):
   // the paths that rely on it are then skipped.
+  BandRows<P, V, I>& band() { return band_; }
+
   int64_t compute(int64_t i, int64_t f, int64_t known, I* oj, V* ox) {
     if (i == twin_next_) return take_twin(oj, ox);
     const int64_t s = ap_[i], e = ap_[i + 1];
@@ -163,6 +166,7 @@ class RowEngine {
   const V* bx_;
   int64_t nnz_a_, cols_, rows_b_, rows_a_;
   RowWorkspace<V, I> ws_;
+  BandRows<P, V, I> band_;
   int penalty_ = 0;
   int64_t hash_rows_ = 0;
   // ESC merges repeated columns one at a time, slower than the accumulators: after a row where more than
@@ -588,6 +592,41 @@ __attribute__((always_inline)) inline void fuse_row(RowEngine<P, V, I>& eng, int
   if (dj != nullptr) part->used += n;  // its slots in C, filled by the second pass
 }
 
+// Band rows from row i on, before `end` (spgemm_band.h), fused into the part: returns how many were
+// computed, 0 when row i is not one or the part has no room for it. Not on a budgeted direct part,
+// whose allowance is drawn row by row.
+template <class P, typename V, typename I>
+inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, int64_t* flop, I* counts,
+                             uint8_t* fused, SpgemmPart<V, I>* part) {
+  using Part = SpgemmPart<V, I>;
+  if constexpr (!P::kBand) return 0;
+  if (part->direct_budgeted) return 0;
+  BandRows<P, V, I>& band = eng.band();
+  const int64_t nc = band.start(i);
+  if (nc == 0) return 0;
+  I* oj;
+  V* ox;
+  if (part->direct_j != nullptr) {
+    oj = part->direct_j + part->used;
+    ox = part->direct_x + part->used;
+  } else {
+    if (!part->place(nc)) return 0;
+    end = std::min(end, i + (Part::kEntries - part->used) / nc);
+    oj = Part::cols_of(part->chunks.back()) + part->used;
+    ox = Part::vals_of(part->chunks.back()) + part->used;
+  }
+  const int64_t rows = band.run(i, end, oj, ox), f = band.flop();
+  for (int64_t r = i; r < i + rows; ++r) {
+    flop[r] = f;
+    counts[r] = static_cast<I>(nc);
+    fused[r] = 1;
+  }
+  if (part->direct_j == nullptr) part->note_buffered(i, part->used, rows);
+  part->used += rows * nc;
+  part->band += rows;
+  return rows;
+}
+
 // A backward part (SpgemmPart::backward) ends where the next part's rows begin, at direct_j/x, which is
 // all it knows of its place: it walks its rows from the last down, in blocks of about kBackBlock
 // entries, each computed forwards into a scratch chunk (so rows and B-row prefetches still go forwards)
@@ -625,6 +664,13 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
     tmp.used = 0;
     bool fuse = !alone;
     for (int64_t i = lo; i < hi; ++i) {
+      if (fuse) {
+        const int64_t n = fuse_band_run(eng, i, hi, flop, counts, fused, &tmp);
+        if (n > 0) {
+          i += n - 1;
+          continue;
+        }
+      }
       if (flop[i] == 0) {
         counts[i] = 0;
         fused[i] = 1;
@@ -641,6 +687,7 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
   }
   part->used = below;
   part->deferred += tmp.deferred;
+  part->band += tmp.band;
   tmp.direct_j = nullptr;
   tmp.direct_x = nullptr;
   spgemm_chunk_release(chunk);
@@ -651,6 +698,13 @@ template <class P, typename V, typename I>
 void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
                         int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse) {
   for (int64_t i = r0; i < r1; ++i) {
+    if (*fuse) {
+      const int64_t n = fuse_band_run(eng, i, r1, flop, counts, fused, part);
+      if (n > 0) {
+        i += n - 1;
+        continue;
+      }
+    }
     const int64_t f = row_flop(a, b, i);
     flop[i] = f;
     if (f == 0) {

@@ -13,6 +13,8 @@
 // between the two files depending on where its loops landed (pyamg bar/DG; the AVX2 policy built in
 // the AVX-512 file, unchanged, was 11% slower until both aligned their loops).
 #pragma GCC optimize("align-loops=64")
+#include <type_traits>
+
 #include "x86_avx2_policy.h"
 
 namespace sparseforge {
@@ -163,6 +165,8 @@ inline void sort_keys(const I* keys, int64_t n, Emit emit) {
 }
 
 struct Avx512Policy : Avx2Policy {
+#include "x86_avx512_band.h"
+
   // As Avx2Policy::gather_flags, 64 column flags per test instead of 32: dense-span rows (FEM, DG) scan
   // spans of thousands of columns with few live ones.
   template <typename V, typename I>
