@@ -8,8 +8,9 @@
 // (AVX-512: each term's products permuted into place), in A's order per slot, so the sums are scipy's
 // bit for bit.
 //
-// The pattern is probed from a row and kept while rows match it; B's rows are checked once per pattern
-// (a byte per row: the pattern's epoch, with the top bit for "does not match"). Rows that do not match
+// The pattern is probed from a row and kept while rows match it. B's rows are checked once per pattern,
+// each scan remembering how many rows from there on match, so a run is bounded by one lookup per term
+// and only its rows of A are checked row by row. Rows that do not match
 // take RowEngine::compute. Probing is cheap but not free: after kFailedProbes patterns in a row that no
 // other row matched (random matrices), a new one is probed only every kOffRows rows.
 // SPARSEFORGE_SPGEMM_BAND=0 turns the path off.
@@ -51,10 +52,12 @@ class BandRows {
     return probe(i) && matches(i) ? pat_.nc : 0;
   }
   // Rows i0 .. while they match, before `end`, into oj/ox (pat_.nc entries each), where start(i0) > 0;
-  // returns how many. The rows' products: flop() each.
+  // returns how many. The rows of B the run takes are bounded by one b_run lookup per term; its rows of
+  // A are checked one by one.
   int64_t run(int64_t i0, int64_t end, I* oj, V* ox) {
+    for (int t = 0; t < pat_.na; ++t) end = std::min(end, i0 + b_run(i0 + pat_.a[t]));
     int64_t i = i0 + 1;
-    while (i < end && matches(i)) ++i;
+    while (i < end && a_row_matches(i)) ++i;
     const int64_t rows = i - i0;
     const V* brow[kBandMaxA];
     for (int t = 0; t < pat_.na; ++t) brow[t] = bx_ + bp_[i0 + pat_.a[t]];
@@ -75,28 +78,33 @@ class BandRows {
   int64_t rows_b_;
   BandPattern pat_;
   typename P::template BandPlan<V> plan_;
-  std::vector<uint8_t> memo_;  // per row of B: epoch_ if it follows pat_.b, epoch_ | 0x80 if not
-  uint8_t epoch_ = 0;
+  // Per row k of B: (epoch_ << 24) | how many rows from k on follow pat_.b (b_run); another epoch: not
+  // known yet.
+  std::vector<uint32_t> memo_;
+  uint32_t epoch_ = 0;
+  static constexpr uint32_t kRunCap = (1u << 24) - 1;
   int misses_ = 0, gap_ = 1, failed_ = 0;
   bool hit_ = false;
 
-  bool matches(int64_t i) {
+  bool a_row_matches(int64_t i) const {
     const int64_t s = ap_[i];
-    const int na = pat_.na;
-    if (static_cast<int64_t>(ap_[i + 1]) - s != na) return false;
-    bool same = true;
-    for (int t = 0; t < na; ++t) same &= static_cast<int64_t>(aj_[s + t]) == i + pat_.a[t];
-    if (!same) return false;
-    for (int t = 0; t < na; ++t) {
-      const int64_t k = i + pat_.a[t];
-      const uint8_t m = memo_[k];
-      if (m == epoch_) continue;
-      if (m == (epoch_ | 0x80)) return false;
-      const bool ok = b_row_matches(k);
-      memo_[k] = ok ? epoch_ : static_cast<uint8_t>(epoch_ | 0x80);
-      if (!ok) return false;
-    }
+    return static_cast<int64_t>(ap_[i + 1]) - s == pat_.na && P::band_a_matches(plan_, aj_ + s, i);
+  }
+  bool matches(int64_t i) {
+    if (!a_row_matches(i)) return false;
+    for (int t = 0; t < pat_.na; ++t)
+      if (b_run(i + pat_.a[t]) == 0) return false;
     return true;
+  }
+  // How many rows of B from k on follow pat_.b; each row is scanned once per pattern.
+  int64_t b_run(int64_t k) {
+    const uint32_t m = memo_[k];
+    if ((m >> 24) == epoch_) return m & kRunCap;
+    int64_t n = 0;
+    while (k + n < rows_b_ && n < kRunCap && b_row_matches(k + n)) ++n;
+    for (int64_t r = 0; r < n; ++r) memo_[k + r] = epoch_ << 24 | static_cast<uint32_t>(n - r);
+    if (k + n < rows_b_ && n < kRunCap) memo_[k + n] = epoch_ << 24;
+    return n;
   }
   bool b_row_matches(int64_t k) const {
     const int64_t u = bp_[k];
@@ -134,8 +142,8 @@ class BandRows {
     if (!P::band_plan(p, &plan_)) return false;
     pat_ = p;
     if (memo_.empty()) memo_.assign(static_cast<size_t>(rows_b_), 0);
-    if (++epoch_ == 0x80) {
-      std::fill(memo_.begin(), memo_.end(), uint8_t{0});
+    if (++epoch_ == 256) {
+      std::fill(memo_.begin(), memo_.end(), uint32_t{0});
       epoch_ = 1;
     }
     return true;

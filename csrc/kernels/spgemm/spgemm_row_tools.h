@@ -212,6 +212,8 @@ struct ScalarPolicy {
   static void band_rows(const BandPlan<V>&, const V*, const V* const*, int64_t, V*) {}
   template <typename V, typename I>
   static void band_cols(const BandPlan<V>&, int64_t, int64_t, I*) {}
+  template <typename V, typename I>
+  static bool band_a_matches(const BandPlan<V>&, const I*, int64_t) { return false; }
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
   // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
   // sort, compress) when the policy has esc_sort_merge; 0 turns it off.

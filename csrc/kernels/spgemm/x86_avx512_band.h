@@ -15,6 +15,9 @@ struct BandPlan {
   alignas(64) Idx idx[kBandMaxA][4][L];
   alignas(64) int32_t c32[kBandMaxC];  // the row's column offsets, for band_cols
   alignas(64) int64_t c64[kBandMaxC];
+  alignas(64) int32_t a32[kBandMaxA];  // A's, for band_a_matches
+  alignas(64) int64_t a64[kBandMaxA];
+  __mmask16 amask = 0;
 };
 template <typename V>
 static bool band_plan(const BandPattern& pat, BandPlan<V>* p) {
@@ -22,6 +25,13 @@ static bool band_plan(const BandPattern& pat, BandPlan<V>* p) {
   if (pat.nb > L || pat.nc > 4 * L) return false;
   for (int q = 0; q < pat.nc; ++q)
     if (pat.c[q] < INT32_MIN || pat.c[q] > INT32_MAX) return false;
+  for (int t = 0; t < pat.na; ++t)
+    if (pat.a[t] < INT32_MIN || pat.a[t] > INT32_MAX) return false;
+  for (int t = 0; t < kBandMaxA; ++t) {
+    p->a64[t] = t < pat.na ? pat.a[t] : 0;
+    p->a32[t] = static_cast<int32_t>(p->a64[t]);
+  }
+  p->amask = lanes_left(pat.na);
   p->na = pat.na;
   p->nb = pat.nb;
   p->nc = pat.nc;
@@ -85,6 +95,22 @@ static void band_rows(const BandPlan<V>& p, const V* av, const V* const* brow, i
     case 2: return band_rows_regs<2>(p, av, brow, rows, ox);
     case 3: return band_rows_regs<3>(p, av, brow, rows, ox);
     default: return band_rows_regs<4>(p, av, brow, rows, ox);
+  }
+}
+// Whether row i of A (its na columns at aj) has the columns i + a[t].
+template <typename V, typename I>
+static bool band_a_matches(const BandPlan<V>& p, const I* aj, int64_t i) {
+  if constexpr (sizeof(I) == 4) {
+    const __m512i want = _mm512_add_epi32(_mm512_load_si512(p.a32), _mm512_set1_epi32(static_cast<int32_t>(i)));
+    return _mm512_mask_cmpneq_epi32_mask(p.amask, _mm512_maskz_loadu_epi32(p.amask, aj), want) == 0;
+  } else {
+    const __m512i base = _mm512_set1_epi64(i);
+    const __mmask8 m0 = static_cast<__mmask8>(p.amask), m1 = static_cast<__mmask8>(p.amask >> 8);
+    const __mmask8 bad0 = _mm512_mask_cmpneq_epi64_mask(m0, _mm512_maskz_loadu_epi64(m0, aj),
+                                                        _mm512_add_epi64(_mm512_load_si512(p.a64), base));
+    const __mmask8 bad1 = _mm512_mask_cmpneq_epi64_mask(m1, _mm512_maskz_loadu_epi64(m1, aj + 8),
+                                                        _mm512_add_epi64(_mm512_load_si512(p.a64 + 8), base));
+    return (bad0 | bad1) == 0;
   }
 }
 // The column indices of rows i0 .. i0 + rows - 1: i + c[s] each.
