@@ -28,6 +28,19 @@
 namespace sparseforge {
 namespace {
 
+// The b_run memo of the engine running on this thread (one at a time per thread: an engine lives for
+// one part of one call). Kept between calls: allocating and clearing a word per row of B for every
+// engine cost two page-faulting, zero-filling allocations per two-thread call. Entries are tagged with
+// the epoch of the pattern that wrote them, so an older engine's entries read as unknown.
+struct BandMemo {
+  std::vector<uint32_t> runs;
+  uint32_t epoch = 0;
+};
+inline BandMemo& band_memo() {
+  thread_local BandMemo memo;
+  return memo;
+}
+
 template <class P, typename V, typename I>
 class BandRows {
  public:
@@ -59,6 +72,7 @@ class BandRows {
     int64_t i = i0 + 1;
     while (i < end && a_row_matches(i)) ++i;
     const int64_t rows = i - i0;
+    if (rows > 1) hit_ = true;  // the pattern matched more than the row it was probed from
     const V* brow[kBandMaxA];
     for (int t = 0; t < pat_.na; ++t) brow[t] = bx_ + bp_[i0 + pat_.a[t]];
     P::band_rows(plan_, ax_ + ap_[i0], brow, rows, ox);
@@ -79,8 +93,8 @@ class BandRows {
   BandPattern pat_;
   typename P::template BandPlan<V> plan_;
   // Per row k of B: (epoch_ << 24) | how many rows from k on follow pat_.b (b_run); another epoch: not
-  // known yet.
-  std::vector<uint32_t> memo_;
+  // known yet. The array is the thread's (band_memo), kept between calls.
+  uint32_t* memo_ = nullptr;
   uint32_t epoch_ = 0;
   static constexpr uint32_t kRunCap = (1u << 24) - 1;
   int misses_ = 0, gap_ = 1, failed_ = 0;
@@ -141,11 +155,14 @@ class BandRows {
         p.slot[t][q] = static_cast<int8_t>(std::lower_bound(p.c, p.c + n, p.a[t] + p.b[q]) - p.c);
     if (!P::band_plan(p, &plan_)) return false;
     pat_ = p;
-    if (memo_.empty()) memo_.assign(static_cast<size_t>(rows_b_), 0);
-    if (++epoch_ == 256) {
-      std::fill(memo_.begin(), memo_.end(), uint32_t{0});
-      epoch_ = 1;
+    BandMemo& memo = band_memo();
+    if (memo.runs.size() < static_cast<size_t>(rows_b_)) memo.runs.resize(static_cast<size_t>(rows_b_), 0);
+    if (++memo.epoch == 256) {
+      std::fill(memo.runs.begin(), memo.runs.end(), uint32_t{0});
+      memo.epoch = 1;
     }
+    memo_ = memo.runs.data();
+    epoch_ = memo.epoch;
     return true;
   }
 };

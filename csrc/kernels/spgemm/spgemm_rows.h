@@ -599,32 +599,35 @@ template <class P, typename V, typename I>
 inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, int64_t* flop, I* counts,
                              uint8_t* fused, SpgemmPart<V, I>* part) {
   using Part = SpgemmPart<V, I>;
-  if constexpr (!P::kBand) return 0;
-  if (part->direct_budgeted) return 0;
-  BandRows<P, V, I>& band = eng.band();
-  const int64_t nc = band.start(i);
-  if (nc == 0) return 0;
-  I* oj;
-  V* ox;
-  if (part->direct_j != nullptr) {
-    oj = part->direct_j + part->used;
-    ox = part->direct_x + part->used;
+  if constexpr (P::kBand) {
+    if (part->direct_budgeted) return 0;
+    BandRows<P, V, I>& band = eng.band();
+    const int64_t nc = band.start(i);
+    if (nc == 0) return 0;
+    I* oj;
+    V* ox;
+    if (part->direct_j != nullptr) {
+      oj = part->direct_j + part->used;
+      ox = part->direct_x + part->used;
+    } else {
+      if (!part->place(nc)) return 0;
+      end = std::min(end, i + (Part::kEntries - part->used) / nc);
+      oj = Part::cols_of(part->chunks.back()) + part->used;
+      ox = Part::vals_of(part->chunks.back()) + part->used;
+    }
+    const int64_t rows = band.run(i, end, oj, ox), f = band.flop();
+    for (int64_t r = i; r < i + rows; ++r) {
+      flop[r] = f;
+      counts[r] = static_cast<I>(nc);
+      fused[r] = 1;
+    }
+    if (part->direct_j == nullptr) part->note_buffered(i, part->used, rows);
+    part->used += rows * nc;
+    part->band += rows;
+    return rows;
   } else {
-    if (!part->place(nc)) return 0;
-    end = std::min(end, i + (Part::kEntries - part->used) / nc);
-    oj = Part::cols_of(part->chunks.back()) + part->used;
-    ox = Part::vals_of(part->chunks.back()) + part->used;
+    return 0;
   }
-  const int64_t rows = band.run(i, end, oj, ox), f = band.flop();
-  for (int64_t r = i; r < i + rows; ++r) {
-    flop[r] = f;
-    counts[r] = static_cast<I>(nc);
-    fused[r] = 1;
-  }
-  if (part->direct_j == nullptr) part->note_buffered(i, part->used, rows);
-  part->used += rows * nc;
-  part->band += rows;
-  return rows;
 }
 
 // A backward part (SpgemmPart::backward) ends where the next part's rows begin, at direct_j/x, which is
