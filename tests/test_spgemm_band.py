@@ -91,8 +91,10 @@ def banded_blocks(n, block, rng):
 
 
 # The least share of rows the AVX-512 policy takes as band rows (0: none; a row of B must fit one register).
-BANDED = {"poisson3d": 0.5, "box9_times_cross5_f32_i64": 0.5, "box9_squared_f32": 0.5,
-          "box9_squared_f64": 0, "broken_rows": 0.5, "many_patterns": 0.2}
+# The rows near the faces have patterns of their own, met again on every grid line: band rows too. So are
+# most broken rows: each drops one of four neighbours, so their shapes recur.
+BANDED = {"poisson3d": 0.99, "box9_times_cross5_f32_i64": 0.99, "box9_squared_f32": 0.99,
+          "box9_squared_f64": 0, "broken_rows": 0.9, "many_patterns": 0.2}
 
 
 def raw(a, b):
@@ -121,7 +123,6 @@ def test_band_rows_equal_oracle_and_scipy(name, direct, threads, isa, monkeypatc
     if name != "many_patterns":  # its 470 KB product stays below the in-place threshold
         assert stats["direct"] == (direct == "1")
     if isa == "avx512" and BANDED[name]:
-        # Stencils: all but the rows within two points of a face (and the broken ones) are band rows.
         assert stats["band_rows"] > a.shape[0] * BANDED[name]
     else:
         assert stats["band_rows"] == 0

@@ -1,25 +1,29 @@
 // Band rows of spgemm: stencil matrices (finite differences on a grid, image operators) have rows whose
-// columns are the row's index plus fixed offsets. Where row i of A has the columns i + a[t] and every row
-// k of B it takes has the columns k + b[q], row i of C has the columns i + c[s] (the sorted distinct
-// sums a[t] + b[q]) and product (t, q) always lands in the same slot: no accumulator, no touch list, no
-// sort, and B's columns need not be read again. Consecutive such rows are computed as a run: their
-// values in A, their rows of B (each exactly nb entries) and their rows of C all sit at fixed strides,
-// so a run needs no row pointers either. The policy's band_rows adds the products into the output slots
-// (AVX-512: each term's products permuted into place), in A's order per slot, so the sums are scipy's
-// bit for bit.
+// columns are the row's index plus fixed offsets. Where row i of A has the columns i + a[t] and the row
+// k = i + a[t] of B that term t takes has the columns k + b[t][q], row i of C has the columns i + c[s]
+// (the sorted distinct sums a[t] + b[t][q]) and product (t, q) always lands in the same slot: no
+// accumulator, no touch list, no sort, and B's columns need not be read again. Consecutive rows with
+// the same pattern are computed as a run: their values in A, their terms' rows of B and their rows of C
+// all sit at fixed strides, so a run needs no row pointers either. The policy's band_rows adds the
+// products into the output slots (AVX-512: each term's products permuted into place), in A's order per
+// slot, so the sums are scipy's bit for bit.
 //
-// The pattern is probed from a row and kept while rows match it. B's rows are checked once per pattern,
-// each scan remembering how many rows from there on match, so a run is bounded by one lookup per term
-// and only its rows of A are checked row by row. Rows that do not match
-// take RowEngine::compute. Probing is cheap but not free: after kFailedProbes patterns in a row that no
-// other row matched (random matrices), a new one is probed only every kOffRows rows.
-// SPARSEFORGE_SPGEMM_BAND=0 turns the path off.
+// A pattern is keyed by A's offsets and, per term, the "shape" of the row of B it takes (its offsets,
+// numbered in a registry of up to kMaxShapes per engine). Each row of B is classified once: the memo
+// keeps its shape and how many rows from it on share that shape, so a run is bounded by one lookup per
+// term and only its rows of A are checked row by row. Patterns are kept in a small cache: the rows near
+// a grid's faces (22% of a 3-D Poisson product's rows) have patterns of their own that recur on every
+// grid line. A pattern is planned on its second sighting, so matrices whose rows never repeat one plan
+// nothing; after kFails rows in a row that are not band rows, rows are tried only every kGap, then
+// every kOffRows. SPARSEFORGE_SPGEMM_BAND=0 turns the path off.
 #pragma once
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "spgemm.h"
@@ -28,12 +32,12 @@
 namespace sparseforge {
 namespace {
 
-// The b_run memo of the engine running on this thread (one at a time per thread: an engine lives for
+// The shape memo of the engine running on this thread (one at a time per thread: an engine lives for
 // one part of one call). Kept between calls: allocating and clearing a word per row of B for every
-// engine cost two page-faulting, zero-filling allocations per two-thread call. Entries are tagged with
-// the epoch of the pattern that wrote them, so an older engine's entries read as unknown.
+// engine cost two page-faulting, zero-filling allocations per two-thread call (P3: 5.1-5.6 -> 4.4 ms).
+// Entries are tagged with their engine's epoch, so another engine's entries read as unknown.
 struct BandMemo {
-  std::vector<uint32_t> runs;
+  std::vector<uint32_t> rows;
   uint32_t epoch = 0;
 };
 inline BandMemo& band_memo() {
@@ -50,39 +54,56 @@ class BandRows {
     if (!P::kBand || (env != nullptr && env[0] == '0')) gap_ = INT_MAX;
   }
 
-  // The length of row i of C if row i is a band row (probing a new pattern after a run of misses), else 0.
+  // The length of row i of C if row i is a band row, else 0.
   int64_t start(int64_t i) {
-    if (pat_.na > 0 && matches(i)) {
-      misses_ = 0;
-      hit_ = true;
-      return pat_.nc;
+    if (cur_ != nullptr && matches(*cur_, i)) return cur_->pat.nc;
+    if (++skipped_ < gap_) return 0;
+    skipped_ = 0;
+    if (memo_ == nullptr) take_memo();
+    Plan* p = find_plan(i);
+    if (p == nullptr) {
+      ++fails_;
+      gap_ = fails_ >= kFailsOff ? kOffRows : fails_ >= kFails ? kGap : 1;
+      return 0;
     }
-    if (++misses_ < gap_) return 0;
-    misses_ = 0;
-    failed_ = hit_ ? 0 : failed_ + 1;
-    gap_ = failed_ >= kFailedProbes ? kOffRows : kMisses;
-    hit_ = false;
-    return probe(i) && matches(i) ? pat_.nc : 0;
+    fails_ = 0;
+    gap_ = 1;
+    cur_ = p;
+    return p->pat.nc;
   }
-  // Rows i0 .. while they match, before `end`, into oj/ox (pat_.nc entries each), where start(i0) > 0;
-  // returns how many. The rows of B the run takes are bounded by one b_run lookup per term; its rows of
-  // A are checked one by one.
+  // Rows i0 .. while they follow the pattern start(i0) found, before `end`, into oj/ox (nc entries
+  // each); returns how many.
   int64_t run(int64_t i0, int64_t end, I* oj, V* ox) {
-    for (int t = 0; t < pat_.na; ++t) end = std::min(end, i0 + b_run(i0 + pat_.a[t]));
+    const Plan& p = *cur_;
+    for (int t = 0; t < p.pat.na; ++t) end = std::min(end, i0 + shape_run(i0 + p.pat.a[t]));
     int64_t i = i0 + 1;
-    while (i < end && a_row_matches(i)) ++i;
+    while (i < end && a_row_matches(p, i)) ++i;
     const int64_t rows = i - i0;
-    if (rows > 1) hit_ = true;  // the pattern matched more than the row it was probed from
     const V* brow[kBandMaxA];
-    for (int t = 0; t < pat_.na; ++t) brow[t] = bx_ + bp_[i0 + pat_.a[t]];
-    P::band_rows(plan_, ax_ + ap_[i0], brow, rows, ox);
-    P::band_cols(plan_, i0, rows, oj);
+    for (int t = 0; t < p.pat.na; ++t) brow[t] = bx_ + bp_[i0 + p.pat.a[t]];
+    P::band_rows(p.plan, ax_ + ap_[i0], brow, rows, ox);
+    P::band_cols(p.plan, i0, rows, oj);
     return rows;
   }
-  int64_t flop() const { return int64_t{pat_.na} * pat_.nb; }
+  int64_t flop() const { return cur_->flop; }
 
  private:
-  static constexpr int kMisses = 16, kFailedProbes = 4, kOffRows = 1024;
+  static constexpr int kFails = 16, kFailsOff = 64, kGap = 16, kOffRows = 1024;
+  static constexpr int kMaxShapes = 64, kMaxPlans = 32, kNoShape = 255;
+  static constexpr uint32_t kRunCap = 0xFFFF;
+  struct Shape {
+    int nb;
+    int64_t b[kBandMaxB];
+  };
+  struct Plan {
+    bool valid = false;
+    uint64_t hash = 0;
+    uint8_t shape[kBandMaxA];
+    int64_t flop = 0;
+    BandPattern pat;
+    typename P::template BandPlan<V> plan;
+  };
+
   const I* ap_;
   const I* aj_;
   const V* ax_;
@@ -90,80 +111,134 @@ class BandRows {
   const I* bj_;
   const V* bx_;
   int64_t rows_b_;
-  BandPattern pat_;
-  typename P::template BandPlan<V> plan_;
-  // Per row k of B: (epoch_ << 24) | how many rows from k on follow pat_.b (b_run); another epoch: not
-  // known yet. The array is the thread's (band_memo), kept between calls.
+  // Per row k of B: epoch_ << 24 | shape << 16 | how many rows from k on have that shape (capped).
   uint32_t* memo_ = nullptr;
   uint32_t epoch_ = 0;
-  static constexpr uint32_t kRunCap = (1u << 24) - 1;
-  int misses_ = 0, gap_ = 1, failed_ = 0;
-  bool hit_ = false;
+  std::vector<Shape> shapes_;
+  std::unique_ptr<Plan[]> plans_;
+  int n_plans_ = 0, next_plan_ = 0;
+  Plan* cur_ = nullptr;
+  uint64_t seen_[256] = {};  // hashes of patterns met once (planned when met again)
+  int skipped_ = 0, gap_ = 1, fails_ = 0;
 
-  bool a_row_matches(int64_t i) const {
-    const int64_t s = ap_[i];
-    return static_cast<int64_t>(ap_[i + 1]) - s == pat_.na && P::band_a_matches(plan_, aj_ + s, i);
+  void take_memo() {
+    BandMemo& memo = band_memo();
+    if (memo.rows.size() < static_cast<size_t>(rows_b_)) memo.rows.resize(static_cast<size_t>(rows_b_), 0);
+    if (++memo.epoch == 256) {
+      std::fill(memo.rows.begin(), memo.rows.end(), uint32_t{0});
+      memo.epoch = 1;
+    }
+    memo_ = memo.rows.data();
+    epoch_ = memo.epoch;
   }
-  bool matches(int64_t i) {
-    if (!a_row_matches(i)) return false;
-    for (int t = 0; t < pat_.na; ++t)
-      if (b_run(i + pat_.a[t]) == 0) return false;
+  bool a_row_matches(const Plan& p, int64_t i) const {
+    const int64_t s = ap_[i];
+    return static_cast<int64_t>(ap_[i + 1]) - s == p.pat.na && P::band_a_matches(p.plan, aj_ + s, i);
+  }
+  bool matches(const Plan& p, int64_t i) {
+    if (!a_row_matches(p, i)) return false;
+    for (int t = 0; t < p.pat.na; ++t)
+      if (shape_of(i + p.pat.a[t]) != p.shape[t]) return false;
     return true;
   }
-  // How many rows of B from k on follow pat_.b; each row is scanned once per pattern.
-  int64_t b_run(int64_t k) {
+
+  __attribute__((always_inline)) uint32_t lookup(int64_t k) {
     const uint32_t m = memo_[k];
-    if ((m >> 24) == epoch_) return m & kRunCap;
-    int64_t n = 0;
-    while (k + n < rows_b_ && n < kRunCap && b_row_matches(k + n)) ++n;
-    for (int64_t r = 0; r < n; ++r) memo_[k + r] = epoch_ << 24 | static_cast<uint32_t>(n - r);
-    if (k + n < rows_b_ && n < kRunCap) memo_[k + n] = epoch_ << 24;
-    return n;
+    return (m >> 24) == epoch_ ? m : classify(k);
   }
-  bool b_row_matches(int64_t k) const {
-    const int64_t u = bp_[k];
-    if (static_cast<int64_t>(bp_[k + 1]) - u != pat_.nb) return false;
+  int shape_of(int64_t k) { return static_cast<int>(lookup(k) >> 16 & 0xFF); }
+  int64_t shape_run(int64_t k) { return lookup(k) & kRunCap; }
+
+  // Row k of B and the rows after it with the same offsets: their shape in the registry (kNoShape when
+  // it is full or the rows are too long), memoised with each row's run.
+  __attribute__((noinline)) uint32_t classify(int64_t k) {
+    const int64_t u = bp_[k], nb = static_cast<int64_t>(bp_[k + 1]) - u;
+    int64_t n = 1;
+    while (k + n < rows_b_ && n < kRunCap && same_offsets(k, u, nb, k + n)) ++n;
+    int id = kNoShape;
+    if (nb >= 1 && nb <= kBandMaxB) {
+      Shape sh;
+      sh.nb = static_cast<int>(nb);
+      for (int q = 0; q < sh.nb; ++q) sh.b[q] = bj_[u + q] - k;
+      for (size_t x = 0; x < shapes_.size() && id == kNoShape; ++x)
+        if (shapes_[x].nb == sh.nb && std::equal(sh.b, sh.b + sh.nb, shapes_[x].b)) id = static_cast<int>(x);
+      if (id == kNoShape && shapes_.size() < kMaxShapes) {
+        id = static_cast<int>(shapes_.size());
+        shapes_.push_back(sh);
+      }
+    }
+    const uint32_t tag = epoch_ << 24 | static_cast<uint32_t>(id) << 16;
+    for (int64_t r = 0; r < n; ++r) memo_[k + r] = tag | static_cast<uint32_t>(n - r);
+    return tag | static_cast<uint32_t>(n);
+  }
+  bool same_offsets(int64_t k, int64_t u, int64_t nb, int64_t k2) const {
+    const int64_t u2 = bp_[k2];
+    if (static_cast<int64_t>(bp_[k2 + 1]) - u2 != nb) return false;
     bool same = true;
-    for (int q = 0; q < pat_.nb; ++q) same &= static_cast<int64_t>(bj_[u + q]) == k + pat_.b[q];
+    for (int64_t q = 0; q < nb; ++q) same &= static_cast<int64_t>(bj_[u2 + q]) - k2 == static_cast<int64_t>(bj_[u + q]) - k;
     return same;
   }
 
-  // The pattern of row i of A and of the row of B its middle term takes; false (and no pattern) when
-  // the rows are too long for it or the policy cannot place the products.
-  bool probe(int64_t i) {
-    pat_.na = 0;
+  // The cached plan for row i's pattern (planned here if the pattern was met before); nullptr when row i
+  // is not a band row.
+  Plan* find_plan(int64_t i) {
     const int64_t s = ap_[i], na = static_cast<int64_t>(ap_[i + 1]) - s;
-    if (na < 2 || na > kBandMaxA) return false;
-    const int64_t k0 = aj_[s + na / 2], u0 = bp_[k0], nb = static_cast<int64_t>(bp_[k0 + 1]) - u0;
-    if (nb < 1 || nb > kBandMaxB) return false;
-    BandPattern p;
-    p.na = static_cast<int>(na);
-    p.nb = static_cast<int>(nb);
-    for (int t = 0; t < p.na; ++t) p.a[t] = aj_[s + t] - i;
-    for (int q = 0; q < p.nb; ++q) p.b[q] = bj_[u0 + q] - k0;
+    if (na < 2 || na > kBandMaxA) return nullptr;
+    int64_t a[kBandMaxA];
+    uint8_t shape[kBandMaxA];
+    uint64_t h = static_cast<uint64_t>(na);
+    for (int t = 0; t < na; ++t) {
+      a[t] = aj_[s + t] - i;
+      const int id = shape_of(i + a[t]);
+      if (id == kNoShape) return nullptr;
+      shape[t] = static_cast<uint8_t>(id);
+      h = (h ^ static_cast<uint64_t>(a[t] * 64 + id)) * 0x9E3779B97F4A7C15ull;
+    }
+    for (int x = 0; x < n_plans_; ++x) {
+      Plan& p = plans_[x];
+      if (p.hash == h && p.pat.na == na && std::equal(a, a + na, p.pat.a) && std::equal(shape, shape + na, p.shape))
+        return p.valid ? &p : nullptr;
+    }
+    uint64_t& seen = seen_[h >> 56];
+    if (seen != h) {
+      seen = h;
+      return nullptr;
+    }
+    if (!plans_) plans_.reset(new Plan[kMaxPlans]);
+    Plan& p = plans_[next_plan_];
+    next_plan_ = (next_plan_ + 1) % kMaxPlans;
+    n_plans_ = std::max(n_plans_, next_plan_ == 0 ? kMaxPlans : next_plan_);
+    if (cur_ == &p) cur_ = nullptr;
+    p.hash = h;
+    p.pat.na = static_cast<int>(na);
+    std::copy(a, a + na, p.pat.a);
+    std::copy(shape, shape + na, p.shape);
+    p.valid = plan(&p);
+    return p.valid ? &p : nullptr;
+  }
+  bool plan(Plan* p) {
+    BandPattern& pat = p->pat;
     int64_t sums[kBandMaxA * kBandMaxB];
     int n = 0;
-    for (int t = 0; t < p.na; ++t)
-      for (int q = 0; q < p.nb; ++q) sums[n++] = p.a[t] + p.b[q];
+    p->flop = 0;
+    for (int t = 0; t < pat.na; ++t) {
+      const Shape& sh = shapes_[p->shape[t]];
+      pat.nb[t] = sh.nb;
+      p->flop += sh.nb;
+      for (int q = 0; q < sh.nb; ++q) {
+        pat.b[t][q] = sh.b[q];
+        sums[n++] = pat.a[t] + sh.b[q];
+      }
+    }
     std::sort(sums, sums + n);
     n = static_cast<int>(std::unique(sums, sums + n) - sums);
     if (n > kBandMaxC) return false;
-    p.nc = n;
-    std::copy(sums, sums + n, p.c);
-    for (int t = 0; t < p.na; ++t)
-      for (int q = 0; q < p.nb; ++q)
-        p.slot[t][q] = static_cast<int8_t>(std::lower_bound(p.c, p.c + n, p.a[t] + p.b[q]) - p.c);
-    if (!P::band_plan(p, &plan_)) return false;
-    pat_ = p;
-    BandMemo& memo = band_memo();
-    if (memo.runs.size() < static_cast<size_t>(rows_b_)) memo.runs.resize(static_cast<size_t>(rows_b_), 0);
-    if (++memo.epoch == 256) {
-      std::fill(memo.runs.begin(), memo.runs.end(), uint32_t{0});
-      memo.epoch = 1;
-    }
-    memo_ = memo.runs.data();
-    epoch_ = memo.epoch;
-    return true;
+    pat.nc = n;
+    std::copy(sums, sums + n, pat.c);
+    for (int t = 0; t < pat.na; ++t)
+      for (int q = 0; q < pat.nb[t]; ++q)
+        pat.slot[t][q] = static_cast<int8_t>(std::lower_bound(pat.c, pat.c + n, pat.a[t] + pat.b[t][q]) - pat.c);
+    return P::band_plan(pat, &p->plan);
   }
 };
 

@@ -191,12 +191,14 @@ struct RowWorkspace {
   static int64_t dense_stride(int64_t cols) { return cols + 64; }  // slack: vector reads past the last column stay inside
 };
 
-// A band pattern (spgemm_band.h): row i of A has the columns i + a[t], row k of B the columns k + b[q],
-// so row i of C has the columns i + c[s] (the sorted sums), the product (t, q) landing in slot[t][q].
+// A band pattern (spgemm_band.h): row i of A has the columns i + a[t]; the row k = i + a[t] of B that
+// term t takes has the columns k + b[t][q] (nb[t] of them), so row i of C has the columns i + c[s] (the
+// sorted distinct sums), product (t, q) landing in slot[t][q].
 constexpr int kBandMaxA = 16, kBandMaxB = 16, kBandMaxC = 32;
 struct BandPattern {
-  int na = 0, nb = 0, nc = 0;
-  int64_t a[kBandMaxA], b[kBandMaxB], c[kBandMaxC];
+  int na = 0, nc = 0;
+  int nb[kBandMaxA];
+  int64_t a[kBandMaxA], b[kBandMaxA][kBandMaxB], c[kBandMaxC];
   int8_t slot[kBandMaxA][kBandMaxB];
 };
 

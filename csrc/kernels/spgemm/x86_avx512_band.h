@@ -8,8 +8,9 @@ template <typename V>
 struct BandPlan {
   static constexpr int L = 64 / static_cast<int>(sizeof(V));
   using Idx = std::conditional_t<sizeof(V) == 8, int64_t, int32_t>;
-  int na = 0, nb = 0, nc = 0, regs = 0;
-  __mmask16 bmask = 0;
+  int na = 0, nc = 0, regs = 0;
+  int nb[kBandMaxA];
+  __mmask16 bmask[kBandMaxA];
   __mmask16 store[4];
   __mmask16 m[kBandMaxA][4];
   alignas(64) Idx idx[kBandMaxA][4][L];
@@ -22,7 +23,9 @@ struct BandPlan {
 template <typename V>
 static bool band_plan(const BandPattern& pat, BandPlan<V>* p) {
   constexpr int L = BandPlan<V>::L;
-  if (pat.nb > L || pat.nc > 4 * L) return false;
+  if (pat.nc > 4 * L) return false;
+  for (int t = 0; t < pat.na; ++t)
+    if (pat.nb[t] > L) return false;
   for (int q = 0; q < pat.nc; ++q)
     if (pat.c[q] < INT32_MIN || pat.c[q] > INT32_MAX) return false;
   for (int t = 0; t < pat.na; ++t)
@@ -33,10 +36,12 @@ static bool band_plan(const BandPattern& pat, BandPlan<V>* p) {
   }
   p->amask = lanes_left(pat.na);
   p->na = pat.na;
-  p->nb = pat.nb;
   p->nc = pat.nc;
   p->regs = (pat.nc + L - 1) / L;
-  p->bmask = lanes_left(pat.nb);
+  for (int t = 0; t < pat.na; ++t) {
+    p->nb[t] = pat.nb[t];
+    p->bmask[t] = lanes_left(pat.nb[t]);
+  }
   for (int r = 0; r < 4; ++r) p->store[r] = lanes_left(pat.nc - L * r);
   for (int t = 0; t < pat.na; ++t)
     for (int r = 0; r < 4; ++r) {
@@ -44,7 +49,7 @@ static bool band_plan(const BandPattern& pat, BandPlan<V>* p) {
       for (int l = 0; l < L; ++l) p->idx[t][r][l] = 0;
     }
   for (int t = 0; t < pat.na; ++t)
-    for (int q = 0; q < pat.nb; ++q) {
+    for (int q = 0; q < pat.nb[t]; ++q) {
       const int sl = pat.slot[t][q], r = sl / L, l = sl % L;
       p->idx[t][r][l] = q;
       p->m[t][r] = static_cast<__mmask16>(p->m[t][r] | (1u << l));
@@ -56,17 +61,19 @@ static bool band_plan(const BandPattern& pat, BandPlan<V>* p) {
   return true;
 }
 // `rows` consecutive band rows: their values in A from av (na apart), their terms' rows of B from
-// brow[t] (nb apart), their values in C to ox (nc apart).
+// brow[t] (nb[t] apart), their values in C to ox (nc apart).
 template <int R, typename V>
 static void band_rows_regs(const BandPlan<V>& p, const V* av, const V* const* brow, int64_t rows, V* ox) {
   const int na = p.na;
-  const int64_t nb = p.nb, nc = p.nc;
-  for (int64_t row = 0, off = 0; row < rows; ++row, av += na, off += nb, ox += nc) {
+  const int64_t nc = p.nc;
+  for (int64_t row = 0; row < rows; ++row, av += na, ox += nc) {
     if constexpr (sizeof(V) == 8) {
       __m512d acc[R];
       for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_pd();
       for (int t = 0; t < na; ++t) {
-        __m512d prod = _mm512_mul_pd(_mm512_set1_pd(av[t]), _mm512_maskz_loadu_pd(static_cast<__mmask8>(p.bmask), brow[t] + off));
+        // brow[t] + row * nb[t]: a pointer bumped through memory each row chained the rows' loads
+        __m512d prod = _mm512_mul_pd(_mm512_set1_pd(av[t]),
+                                     _mm512_maskz_loadu_pd(static_cast<__mmask8>(p.bmask[t]), brow[t] + row * p.nb[t]));
         asm("" : "+v"(prod));  // no FMA contraction
         for (int r = 0; r < R; ++r)
           if (p.m[t][r])
@@ -78,7 +85,7 @@ static void band_rows_regs(const BandPlan<V>& p, const V* av, const V* const* br
       __m512 acc[R];
       for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
       for (int t = 0; t < na; ++t) {
-        __m512 prod = _mm512_mul_ps(_mm512_set1_ps(av[t]), _mm512_maskz_loadu_ps(p.bmask, brow[t] + off));
+        __m512 prod = _mm512_mul_ps(_mm512_set1_ps(av[t]), _mm512_maskz_loadu_ps(p.bmask[t], brow[t] + row * p.nb[t]));
         asm("" : "+v"(prod));
         for (int r = 0; r < R; ++r)
           if (p.m[t][r])
