@@ -115,6 +115,7 @@ class BandRows {
   uint32_t* memo_ = nullptr;
   uint32_t epoch_ = 0;
   std::vector<Shape> shapes_;
+  int last_shape_ = -1;
   std::unique_ptr<Plan[]> plans_;
   int n_plans_ = 0, next_plan_ = 0;
   Plan* cur_ = nullptr;
@@ -130,6 +131,12 @@ class BandRows {
     }
     memo_ = memo.rows.data();
     epoch_ = memo.epoch;
+  }
+  static bool same_shape(const Shape& x, const Shape& y) {
+    if (x.nb != y.nb) return false;
+    bool same = true;
+    for (int q = 0; q < x.nb; ++q) same &= x.b[q] == y.b[q];
+    return same;
   }
   bool a_row_matches(const Plan& p, int64_t i) const {
     const int64_t s = ap_[i];
@@ -160,12 +167,14 @@ class BandRows {
       Shape sh;
       sh.nb = static_cast<int>(nb);
       for (int q = 0; q < sh.nb; ++q) sh.b[q] = bj_[u + q] - k;
+      if (last_shape_ >= 0 && same_shape(shapes_[last_shape_], sh)) id = last_shape_;
       for (size_t x = 0; x < shapes_.size() && id == kNoShape; ++x)
-        if (shapes_[x].nb == sh.nb && std::equal(sh.b, sh.b + sh.nb, shapes_[x].b)) id = static_cast<int>(x);
+        if (same_shape(shapes_[x], sh)) id = static_cast<int>(x);
       if (id == kNoShape && shapes_.size() < kMaxShapes) {
         id = static_cast<int>(shapes_.size());
         shapes_.push_back(sh);
       }
+      if (id != kNoShape) last_shape_ = id;
     }
     const uint32_t tag = epoch_ << 24 | static_cast<uint32_t>(id) << 16;
     for (int64_t r = 0; r < n; ++r) memo_[k + r] = tag | static_cast<uint32_t>(n - r);
@@ -174,6 +183,7 @@ class BandRows {
   bool same_offsets(int64_t k, int64_t u, int64_t nb, int64_t k2) const {
     const int64_t u2 = bp_[k2];
     if (static_cast<int64_t>(bp_[k2 + 1]) - u2 != nb) return false;
+    if (nb <= kBandMaxB) return P::band_shifted(bj_ + u, bj_ + u2, static_cast<int>(nb), k2 - k);
     bool same = true;
     for (int64_t q = 0; q < nb; ++q) same &= static_cast<int64_t>(bj_[u2 + q]) - k2 == static_cast<int64_t>(bj_[u + q]) - k;
     return same;

@@ -216,6 +216,13 @@ struct ScalarPolicy {
   static void band_cols(const BandPlan<V>&, int64_t, int64_t, I*) {}
   template <typename V, typename I>
   static bool band_a_matches(const BandPlan<V>&, const I*, int64_t) { return false; }
+  // Whether y[q] == x[q] + d for q < n (n <= kBandMaxB): two rows of B with the same offsets, d rows apart.
+  template <typename I>
+  static bool band_shifted(const I* x, const I* y, int n, int64_t d) {
+    bool same = true;
+    for (int q = 0; q < n; ++q) same &= static_cast<int64_t>(y[q]) - x[q] == d;
+    return same;
+  }
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
   // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
   // sort, compress) when the policy has esc_sort_merge; 0 turns it off.
