@@ -1,7 +1,10 @@
 """Sparse x sparse matrix product: ``spgemm(a, b) = a @ b`` for CSR inputs.
 
-Row-wise (Gustavson) with per-row hash, dense or sorted-list accumulators. A first pass computes each
-row once and counts the rows it leaves; a second pass computes those in place. For large products C's
+Row-wise (Gustavson) with per-row hash, dense or sorted-list accumulators. Stencil rows (columns = the
+row's index plus fixed offsets, in A and in the rows of B they take) are computed in runs with no
+accumulator at all (AVX-512; ``SPARSEFORGE_SPGEMM_BAND=0`` turns that off), and rows of A with the same
+columns (FEM dofs of one node) together. A first pass computes each row once and counts the rows it
+leaves; a second pass computes those in place. For large products C's
 arrays are reserved up front within an upper bound (address space, from a pool of dead results' blocks,
 so a loop of products does not page-fault its outputs anew) and rows are written straight into them: on
 one thread all of them, on two threads two halves meeting in the middle (the lower one written
