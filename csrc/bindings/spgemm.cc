@@ -33,7 +33,8 @@ std::pair<int64_t, int64_t> require_shape(const char* arg, py::handle obj) {
 }
 
 template <typename V, typename I>
-CsrRef<V, I> require_csr(const char* name, py::handle indptr, py::handle indices, py::handle data, py::handle shape) {
+CsrRef<V, I> require_csr(const char* name, py::handle indptr, py::handle indices, py::handle data, py::handle shape,
+                         int64_t* longest) {
   const std::string s(name);
   const std::string p_arg = s + "_indptr", i_arg = s + "_indices", d_arg = s + "_data", sh_arg = s + "_shape";
   auto [rows, cols] = require_shape(sh_arg.c_str(), shape);
@@ -60,7 +61,7 @@ CsrRef<V, I> require_csr(const char* name, py::handle indptr, py::handle indices
   std::string err;
   {
     py::gil_scoped_release release;
-    err = spgemm_check_indptr<I>(m.indptr, rows, j.shape(0));
+    err = spgemm_check_indptr<I>(m.indptr, rows, j.shape(0), longest);
   }
   if (!err.empty()) throw py::value_error(where + s + "' is not canonical CSR: " + err);
   return m;
@@ -101,11 +102,13 @@ struct DirectBlocks {
 template <typename V, typename I>
 py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::handle bp, py::handle bj,
               py::handle bx, py::handle bsh) {
-  CsrRef<V, I> a = require_csr<V, I>("a", ap, aj, ax, ash);
+  int64_t a_longest = 0, b_longest = 0;
+  CsrRef<V, I> a = require_csr<V, I>("a", ap, aj, ax, ash, &a_longest);
   // A @ A (the same arrays and shape twice) is validated once.
   const bool same = ap.ptr() == bp.ptr() && aj.ptr() == bj.ptr() && ax.ptr() == bx.ptr() &&
                     require_shape("b_shape", bsh) == std::make_pair(a.rows, a.cols);
-  CsrRef<V, I> b = same ? a : require_csr<V, I>("b", bp, bj, bx, bsh);
+  CsrRef<V, I> b = same ? a : require_csr<V, I>("b", bp, bj, bx, bsh, &b_longest);
+  if (same) b_longest = a_longest;
   if (a.cols != b.rows)
     throw py::value_error(std::string(kFn) + "(): shapes do not match: a_shape=(" + std::to_string(a.rows) + ", " +
                           std::to_string(a.cols) + ") and b_shape=(" + std::to_string(b.rows) + ", " +
@@ -125,7 +128,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
     const double est = static_cast<double>(a.indptr[a.rows]) * static_cast<double>(b.indptr[b.rows]) /
                        static_cast<double>(std::max<int64_t>(b.rows, 1));
     if (est * sizeof(I) >= static_cast<double>(bind::kPooledMinBytes)) {
-      const int64_t longest = spgemm_longest_row<I>(structure_of(b));
+      const int64_t longest = b_longest;
       const int64_t bound = spgemm_direct_bound<I>(a.indptr, 0, a.rows, longest, b.cols);
       if (bound > 0 && bound <= kMaxDirectEntries) {
         direct.j = bind::pool_reserve(static_cast<size_t>(bound) * sizeof(I));
