@@ -49,7 +49,7 @@ template <class P, typename V, typename I>
 class BandRows {
  public:
   BandRows(const CsrRef<V, I>& a, const CsrRef<V, I>& b)
-      : ap_(a.indptr), aj_(a.indices), ax_(a.data), bp_(b.indptr), bj_(b.indices), bx_(b.data), rows_b_(b.rows) {
+      : a_(a), b_(b) {
     const char* env = std::getenv("SPARSEFORGE_SPGEMM_BAND");
     if (!P::kBand || (env != nullptr && env[0] == '0')) gap_ = INT_MAX;
   }
@@ -80,8 +80,8 @@ class BandRows {
     while (i < end && a_row_matches(p, i)) ++i;
     const int64_t rows = i - i0;
     const V* brow[kBandMaxA];
-    for (int t = 0; t < p.pat.na; ++t) brow[t] = bx_ + bp_[i0 + p.pat.a[t]];
-    P::band_rows(p.plan, ax_ + ap_[i0], brow, rows, ox);
+    for (int t = 0; t < p.pat.na; ++t) brow[t] = b_.data + b_.indptr[i0 + p.pat.a[t]];
+    P::band_rows(p.plan, a_.data + a_.indptr[i0], brow, rows, ox);
     P::band_cols(p.plan, i0, rows, oj);
     return rows;
   }
@@ -104,13 +104,7 @@ class BandRows {
     typename P::template BandPlan<V> plan;
   };
 
-  const I* ap_;
-  const I* aj_;
-  const V* ax_;
-  const I* bp_;
-  const I* bj_;
-  const V* bx_;
-  int64_t rows_b_;
+  const CsrRef<V, I> a_, b_;
   // Per row k of B: epoch_ << 24 | shape << 16 | how many rows from k on have that shape (capped).
   uint32_t* memo_ = nullptr;
   uint32_t epoch_ = 0;
@@ -124,7 +118,7 @@ class BandRows {
 
   void take_memo() {
     BandMemo& memo = band_memo();
-    if (memo.rows.size() < static_cast<size_t>(rows_b_)) memo.rows.resize(static_cast<size_t>(rows_b_), 0);
+    if (memo.rows.size() < static_cast<size_t>(b_.rows)) memo.rows.resize(static_cast<size_t>(b_.rows), 0);
     if (++memo.epoch == 256) {
       std::fill(memo.rows.begin(), memo.rows.end(), uint32_t{0});
       memo.epoch = 1;
@@ -139,8 +133,8 @@ class BandRows {
     return same;
   }
   bool a_row_matches(const Plan& p, int64_t i) const {
-    const int64_t s = ap_[i];
-    return static_cast<int64_t>(ap_[i + 1]) - s == p.pat.na && P::band_a_matches(p.plan, aj_ + s, i);
+    const int64_t s = a_.indptr[i];
+    return static_cast<int64_t>(a_.indptr[i + 1]) - s == p.pat.na && P::band_a_matches(p.plan, a_.indices + s, i);
   }
   bool matches(const Plan& p, int64_t i) {
     if (!a_row_matches(p, i)) return false;
@@ -159,14 +153,14 @@ class BandRows {
   // Row k of B and the rows after it with the same offsets: their shape in the registry (kNoShape when
   // it is full or the rows are too long), memoised with each row's run.
   __attribute__((noinline)) uint32_t classify(int64_t k) {
-    const int64_t u = bp_[k], nb = static_cast<int64_t>(bp_[k + 1]) - u;
+    const int64_t u = b_.indptr[k], nb = static_cast<int64_t>(b_.indptr[k + 1]) - u;
     int64_t n = 1;
-    while (k + n < rows_b_ && n < kRunCap && same_offsets(k, u, nb, k + n)) ++n;
+    while (k + n < b_.rows && n < kRunCap && same_offsets(k, u, nb, k + n)) ++n;
     int id = kNoShape;
     if (nb >= 1 && nb <= kBandMaxB) {
       Shape sh;
       sh.nb = static_cast<int>(nb);
-      for (int q = 0; q < sh.nb; ++q) sh.b[q] = bj_[u + q] - k;
+      for (int q = 0; q < sh.nb; ++q) sh.b[q] = b_.indices[u + q] - k;
       if (last_shape_ >= 0 && same_shape(shapes_[last_shape_], sh)) id = last_shape_;
       for (size_t x = 0; x < shapes_.size() && id == kNoShape; ++x)
         if (same_shape(shapes_[x], sh)) id = static_cast<int>(x);
@@ -181,24 +175,24 @@ class BandRows {
     return tag | static_cast<uint32_t>(n);
   }
   bool same_offsets(int64_t k, int64_t u, int64_t nb, int64_t k2) const {
-    const int64_t u2 = bp_[k2];
-    if (static_cast<int64_t>(bp_[k2 + 1]) - u2 != nb) return false;
-    if (nb <= kBandMaxB) return P::band_shifted(bj_ + u, bj_ + u2, static_cast<int>(nb), k2 - k);
+    const int64_t u2 = b_.indptr[k2];
+    if (static_cast<int64_t>(b_.indptr[k2 + 1]) - u2 != nb) return false;
+    if (nb <= kBandMaxB) return P::band_shifted(b_.indices + u, b_.indices + u2, static_cast<int>(nb), k2 - k);
     bool same = true;
-    for (int64_t q = 0; q < nb; ++q) same &= static_cast<int64_t>(bj_[u2 + q]) - k2 == static_cast<int64_t>(bj_[u + q]) - k;
+    for (int64_t q = 0; q < nb; ++q) same &= static_cast<int64_t>(b_.indices[u2 + q]) - k2 == static_cast<int64_t>(b_.indices[u + q]) - k;
     return same;
   }
 
   // The cached plan for row i's pattern (planned here if the pattern was met before); nullptr when row i
   // is not a band row.
   Plan* find_plan(int64_t i) {
-    const int64_t s = ap_[i], na = static_cast<int64_t>(ap_[i + 1]) - s;
+    const int64_t s = a_.indptr[i], na = static_cast<int64_t>(a_.indptr[i + 1]) - s;
     if (na < 2 || na > kBandMaxA) return nullptr;
     int64_t a[kBandMaxA];
     uint8_t shape[kBandMaxA];
     uint64_t h = static_cast<uint64_t>(na);
     for (int t = 0; t < na; ++t) {
-      a[t] = aj_[s + t] - i;
+      a[t] = a_.indices[s + t] - i;
       const int id = shape_of(i + a[t]);
       if (id == kNoShape) return nullptr;
       shape[t] = static_cast<uint8_t>(id);
