@@ -79,7 +79,8 @@ def rows_from_lists(lists, ncols, rng, dt, it):
 
 def exact_row_lengths(rng, dt, it, ncols=200_000):
     # Rows with exactly 16, 17, 32, 33, ... 257 products and first touches: the edges of the AVX-512
-    # sorting network's register counts (1, 2, 4, 8, 16 registers of 16 keys, masked tails) on both
+    # sorting network's register counts (1, 2, 4, 8, 16 registers of 16 keys, 3, 5, 6, 7 of them holding
+    # keys, masked tails) on both
     # the ESC path and the dense list. B's rows 0..299 have one random column each (so a row of A with
     # f terms has exactly f products, a few repeating a column); rows 300..399 have 3 columns drawn from a
     # pool of 250, so rows of A over them repeat many columns (ESC merges, then turns itself off and the
@@ -88,7 +89,8 @@ def exact_row_lengths(rng, dt, it, ncols=200_000):
     pool = rng.choice(ncols, 250, replace=False)
     b_lists += [rng.choice(pool, 3, replace=False) for _ in range(100)]
     a_lists = []
-    for f in [16, 17, 31, 32, 33, 34, 48, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 300]:
+    for f in [16, 17, 31, 32, 33, 34, 48, 49, 63, 64, 65, 80, 81, 96, 97, 112, 113, 127, 128, 129, 200, 255, 256,
+              257, 300]:
         a_lists.append(rng.choice(300, f, replace=False))
         a_lists.append([])
         a_lists.append(300 + rng.choice(100, min(f // 3 + 1, 100), replace=False))

@@ -4,6 +4,7 @@ threads) must give the scalar oracle's and scipy's bits, and rows that break the
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def banded_blocks(n, block, rng):
 # The rows near the faces have patterns of their own, met again on every grid line: band rows too. So are
 # most broken rows: each drops one of four neighbours, so their shapes recur.
 BANDED = {"poisson3d": 0.99, "box9_times_cross5_f32_i64": 0.99, "box9_squared_f32": 0.99,
-          "box9_squared_f64": 0, "broken_rows": 0.9, "many_patterns": 0.2}
+          "box9_squared_f64": 0, "broken_rows": 0.9, "many_patterns": 0.1}  # 0.19-0.33 over 40 seeds
 
 
 def raw(a, b):
@@ -106,7 +107,7 @@ def raw(a, b):
 @pytest.mark.parametrize("threads", [1, 2], ids=["1t", "2t"])
 @pytest.mark.parametrize("isa", ISAS)
 def test_band_rows_equal_oracle_and_scipy(name, direct, threads, isa, monkeypatch):
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # hash() of a str changes from run to run
     a, b = case(name, rng)
     monkeypatch.setenv("SPARSEFORGE_SPGEMM_DIRECT", direct)
     monkeypatch.delenv("SPARSEFORGE_SPGEMM_FUSE_MB", raising=False)

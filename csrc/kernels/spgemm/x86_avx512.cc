@@ -59,10 +59,14 @@ __attribute__((always_inline)) inline __m512i clean16(__m512i v) { return xor1(x
 // Sorts the 16*R keys in v[0..R) (R a power of two) into ascending order, v[0] lane 0 first: each
 // register on its own, then merges of 2, 4, .. R registers. R is a compile-time constant so that every
 // loop unrolls and v stays in registers.
-template <int R>
+//
+// Only the first L registers hold keys (the rest INT32_MAX, which sort last): every compare-exchange whose
+// upper register is one of those is a no-op (the keys stay, the upper register stays INT32_MAX), so it is
+// left out. 80 keys in 8 registers (L = 5) thus cost well under the 128 keys' network.
+template <int R, int L = R>
 __attribute__((always_inline)) inline void sort_regs(__m512i* v) {
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) v[r] = sort16(v[r]);
+  for (int r = 0; r < L; ++r) v[r] = sort16(v[r]);
 #pragma GCC unroll 8
   for (int s = 2; s <= R; s *= 2) {
     // Flip layer: key r*16+l of a block of s registers meets key (s*16-1) - (r*16+l).
@@ -70,6 +74,7 @@ __attribute__((always_inline)) inline void sort_regs(__m512i* v) {
     for (int b = 0; b < R; b += s)
 #pragma GCC unroll 16
       for (int r = 0; r < s / 2; ++r) {
+        if (b + s - 1 - r >= L) continue;
         const __m512i lo = v[b + r], hi = reverse16(v[b + s - 1 - r]);
         v[b + r] = _mm512_min_epi32(lo, hi);
         // A single upper register may stay reversed (it only has to be bitonic); wider halves are put
@@ -82,12 +87,13 @@ __attribute__((always_inline)) inline void sort_regs(__m512i* v) {
       for (int b = 0; b < R; b += 2 * d)
 #pragma GCC unroll 16
         for (int r = b; r < b + d; ++r) {
+          if (r + d >= L) continue;
           const __m512i lo = v[r], hi = v[r + d];
           v[r] = _mm512_min_epi32(lo, hi);
           v[r + d] = _mm512_max_epi32(lo, hi);
         }
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) v[r] = clean16(v[r]);
+    for (int r = 0; r < L; ++r) v[r] = clean16(v[r]);
   }
 }
 
@@ -139,11 +145,11 @@ __attribute__((always_inline)) inline void gather_store(const V* base, __m512i i
 }
 
 // Sorts the n <= 16*R keys from `keys`, then hands each register of sorted keys to emit(v, first, lanes).
-template <int R, typename I, typename Emit>
+template <int R, int L = R, typename I, typename Emit>
 __attribute__((always_inline)) inline void network_sort(const I* keys, int64_t n, Emit emit) {
   __m512i v[R];
   for (int r = 0; r < R; ++r) v[r] = load_keys(keys + 16 * r, n - 16 * r);
-  sort_regs<R>(v);
+  sort_regs<R, L>(v);
   for (int r = 0; r < R && 16 * r < n; ++r) emit(v[r], int64_t{16} * r, lanes_left(n - 16 * r));
 }
 
@@ -159,7 +165,11 @@ template <typename I, typename Emit>
 inline void sort_keys(const I* keys, int64_t n, Emit emit) {
   if (n <= 16) network_sort<1>(keys, n, emit);
   else if (n <= 32) network_sort<2>(keys, n, emit);
+  else if (n <= 48) network_sort<4, 3>(keys, n, emit);
   else if (n <= 64) network_sort<4>(keys, n, emit);
+  else if (n <= 80) network_sort<8, 5>(keys, n, emit);
+  else if (n <= 96) network_sort<8, 6>(keys, n, emit);
+  else if (n <= 112) network_sort<8, 7>(keys, n, emit);
   else if (n <= 128) network_sort<8>(keys, n, emit);
   else network_sort<16>(keys, n, emit);
 }
@@ -240,11 +250,15 @@ struct Avx512Policy : Avx2Policy {
   __attribute__((noinline)) static int64_t esc_sort_merge(const I* keys, const V* vals, int64_t n, I* oj, V* ox) {
     if (n <= 16) return esc_n<1>(keys, vals, n, oj, ox);
     if (n <= 32) return esc_n<2>(keys, vals, n, oj, ox);
+    if (n <= 48) return esc_n<4, 3>(keys, vals, n, oj, ox);
     if (n <= 64) return esc_n<4>(keys, vals, n, oj, ox);
+    if (n <= 80) return esc_n<8, 5>(keys, vals, n, oj, ox);
+    if (n <= 96) return esc_n<8, 6>(keys, vals, n, oj, ox);
+    if (n <= 112) return esc_n<8, 7>(keys, vals, n, oj, ox);
     if (n <= 128) return esc_n<8>(keys, vals, n, oj, ox);
     return esc_n<16>(keys, vals, n, oj, ox);
   }
-  template <int R, typename I, typename V>
+  template <int R, int L = R, typename I, typename V>
   static int64_t esc_n(const I* keys, const V* vals, int64_t n, I* oj, V* ox) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512i v[R];
@@ -254,7 +268,7 @@ struct Avx512Policy : Avx2Policy {
       const __m512i packed = _mm512_or_si512(_mm512_slli_epi32(k, 8), _mm512_add_epi32(iota, _mm512_set1_epi32(16 * r)));
       v[r] = _mm512_mask_blend_epi32(m, _mm512_set1_epi32(INT32_MAX), packed);
     }
-    sort_regs<R>(v);
+    sort_regs<R, L>(v);
     // Any column twice? Compare each sorted column with the one before it (the previous register's
     // last lane shifted in).
     __mmask16 dup = 0;
