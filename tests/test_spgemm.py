@@ -374,7 +374,7 @@ def test_two_threads_split_rows_identically(isa, index_dtype):
     np.testing.assert_array_equal(two[2], r.data)
 
 
-# The fused first pass (spgemm_rows.h): rows are computed once into pooled 2 MiB chunks while the call's
+# The fused first pass (spgemm_passes.h): rows are computed once into pooled 2 MiB chunks while the call's
 # budget (SPARSEFORGE_SPGEMM_FUSE_MB) lasts; later rows, very dense rows and rows longer than a chunk take
 # the symbolic + numeric passes. Every mix must give the same bits.
 def _fused_case(rng):

@@ -1,5 +1,5 @@
 // Scalar reference of spgemm: the oracle every ISA variant is tested against, and the portable fallback.
-#include "spgemm_rows.h"
+#include "spgemm_passes.h"
 
 namespace sparseforge {
 

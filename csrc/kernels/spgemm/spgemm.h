@@ -41,7 +41,7 @@ void* spgemm_chunk_acquire();       // nullptr when out of memory
 void spgemm_chunk_release(void* c);
 void spgemm_release_pool();         // frees the chunks the pool keeps
 
-// The buffer of one part of the fused pass (see spgemm_rows.h): the columns and values of the rows it
+// The buffer of one part of the fused pass (see spgemm_passes.h): the columns and values of the rows it
 // computed, in row order, until they are copied into C. A row is placed whole in one chunk (at `used`,
 // with room for its bound min(flop, cols)); the next chunk starts when the bound does not fit. `runs`
 // records where each run of consecutive buffered rows sits, so the second pass can cut the copy-out into

@@ -13,6 +13,7 @@
 // between the two files depending on where its loops landed (pyamg bar/DG; the AVX2 policy built in
 // the AVX-512 file, unchanged, was 11% slower until both aligned their loops).
 #pragma GCC optimize("align-loops=64")
+#include "spgemm_passes.h"
 #include "x86_avx2_policy.h"
 
 namespace sparseforge {

@@ -15,6 +15,7 @@
 #pragma GCC optimize("align-loops=64")
 #include <type_traits>
 
+#include "spgemm_passes.h"
 #include "x86_avx2_policy.h"
 
 namespace sparseforge {
