@@ -19,7 +19,8 @@ namespace {
 constexpr const char* kFn = "spgemm";
 // What the last spgemm call did (tests check that every path is reached): rows computed in the first
 // pass, rows in all, parts.
-std::atomic<int64_t> g_last_fused{0}, g_last_rows{0}, g_last_parts{0}, g_last_direct{0}, g_last_taken{0}, g_last_band{0};
+std::atomic<int64_t> g_last_fused{0}, g_last_rows{0}, g_last_parts{0}, g_last_direct{0}, g_last_taken{0}, g_last_band{0},
+    g_last_streamed{0};
 
 std::pair<int64_t, int64_t> require_shape(const char* arg, py::handle obj) {
   py::tuple t;
@@ -168,6 +169,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   g_last_direct = plan.direct_parts;
   g_last_taken = plan.taken_rows;
   g_last_band = plan.band_rows;
+  g_last_streamed = plan.streamed_rows;
   return py::make_tuple(c_indptr, c_indices, c_data);
 }
 
@@ -213,11 +215,13 @@ SPARSEFORGE_BIND_OP(
         d["direct_parts"] = g_last_direct.load();
         d["taken_rows"] = g_last_taken.load();
         d["band_rows"] = g_last_band.load();
+        d["streamed_rows"] = g_last_streamed.load();
         return d;
       }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts, and how many\n"
          "parts wrote their rows straight into C (direct_parts; direct: any); with two halves, the rows a\n"
          "thread took from the far end of the other's half (taken_rows); rows computed as band rows of a\n"
-         "stencil pattern (band_rows).");
+         "stencil pattern (band_rows); rows written out to C with non-temporal stores (streamed_rows: large\n"
+         "products, SPARSEFORGE_SPGEMM_STREAM=0 turns it off).");
       mod.def("spgemm_release_buffers", [] {
         spgemm_release_pool();
         bind::pool_release_all();

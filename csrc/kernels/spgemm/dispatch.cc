@@ -215,7 +215,8 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
     counts[i] = static_cast<I>(nnz);  // may wrap for int32; the caller checks the returned total
   }
   plan->fused_rows = nfused;
-  for (int64_t p = 0; p < plan->n_parts; ++p) plan->taken_rows += part[p].taken, plan->band_rows += part[p].band;
+  for (int64_t p = 0; p < plan->n_parts; ++p) plan->taken_rows += part[p].taken, plan->band_rows += part[p].band,
+    plan->streamed_rows += part[p].streamed;
   // The lower half's rows, its owner's and any taken from its bottom, end at the split point.
   if (halves) plan->direct_start = split - (plan->bounds[1] > 0 ? static_cast<int64_t>(c_indptr[plan->bounds[1]]) : 0);
   return nnz;

@@ -67,6 +67,7 @@ struct alignas(64) SpgemmPart {
   int64_t deferred = 0;  // rows left to the second pass
   int64_t taken = 0;     // rows this thread's buffer took from another thread's half (SpgemmHalves)
   int64_t band = 0;      // rows computed as band rows (spgemm_band.h)
+  int64_t streamed = 0;  // rows written out through a stage (spgemm_stream.h)
   std::atomic<int64_t>* chunks_left = nullptr;
   // Direct part (the first part, when the caller gave C's storage up front, SpgemmPlan::direct_*): its
   // rows go straight to C's arrays, one after the other from entry 0, which is where they belong, so
@@ -275,6 +276,7 @@ struct SpgemmPlan {
   int64_t fused_rows = 0;  // how many rows the first pass computed (for tests and benchmarks)
   int64_t taken_rows = 0;  // with halves: rows taken from the far end of another thread's half
   int64_t band_rows = 0;   // rows computed as band rows (spgemm_band.h)
+  int64_t streamed_rows = 0;  // rows written out through a stage with non-temporal stores (spgemm_stream.h)
   // Optional, set by the caller before the first pass: C's indices and values storage, each with room for
   // at least spgemm_direct_bound() entries (a reservation: only what is written costs memory). The first
   // part then writes its rows there in place (SpgemmPart::direct_*), and numeric must get the same arrays.

@@ -11,6 +11,7 @@
 #include "spgemm.h"
 #include "spgemm_band.h"
 #include "spgemm_rows.h"
+#include "spgemm_stream.h"
 
 namespace sparseforge {
 namespace {
@@ -30,19 +31,27 @@ inline int64_t row_flop(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t i)
 }
 
 // One row of the first pass, f = flop[i] > 0: computed into the part's buffer (a direct part: at
-// direct_j/x + used), or only counted (fused[i] = 0) when *fuse is off or it has too many products.
+// direct_j/x + used, through the stage `so` when there is one), or only counted (fused[i] = 0) when *fuse
+// is off or it has too many products.
 template <class P, typename V, typename I>
 __attribute__((always_inline)) inline void fuse_row(RowEngine<P, V, I>& eng, int64_t i, int64_t f, int64_t cols,
-                                                    I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse) {
+                                                    I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse,
+                                                    StreamOut<V, I>* so = nullptr) {
   I* const dj = part->direct_j;
   V* const dx = part->direct_x;
   if (*fuse && f < kDeferFlopPerCol * cols) {
     if (dj != nullptr ? part->direct_allowance() : part->place(std::min(f, cols))) {
       const int64_t u = part->used;
-      void* c = dj != nullptr ? nullptr : part->chunks.back();
-      I* oj = (dj != nullptr ? dj : SpgemmPart<V, I>::cols_of(c)) + u;
-      V* ox = (dx != nullptr ? dx : SpgemmPart<V, I>::vals_of(c)) + u;
+      I* oj;
+      V* ox;
+      const bool staged = so != nullptr && so->place(u, std::min(f, cols), &oj, &ox);
+      if (!staged) {
+        void* c = dj != nullptr ? nullptr : part->chunks.back();
+        oj = (dj != nullptr ? dj : SpgemmPart<V, I>::cols_of(c)) + u;
+        ox = (dx != nullptr ? dx : SpgemmPart<V, I>::vals_of(c)) + u;
+      }
       const int64_t n = eng.compute(i, f, -1, oj, ox);
+      if (staged) so->wrote(u + n), ++part->streamed;
       part->used = u + n;
       if (dj == nullptr) part->note_buffered(i, u);
       counts[i] = static_cast<I>(n);
@@ -63,7 +72,7 @@ __attribute__((always_inline)) inline void fuse_row(RowEngine<P, V, I>& eng, int
 // whose allowance is drawn row by row.
 template <class P, typename V, typename I>
 inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, int64_t* flop, I* counts,
-                             uint8_t* fused, SpgemmPart<V, I>* part) {
+                             uint8_t* fused, SpgemmPart<V, I>* part, StreamOut<V, I>* so = nullptr) {
   using Part = SpgemmPart<V, I>;
   if constexpr (P::kBand) {
     if (part->direct_budgeted) return 0;
@@ -72,9 +81,15 @@ inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, in
     if (nc == 0) return 0;
     I* oj;
     V* ox;
+    bool staged = false;
     if (part->direct_j != nullptr) {
-      oj = part->direct_j + part->used;
-      ox = part->direct_x + part->used;
+      staged = so != nullptr && so->place(part->used, nc, &oj, &ox);
+      if (staged) {
+        end = std::min(end, i + so->room(part->used) / nc);
+      } else {
+        oj = part->direct_j + part->used;
+        ox = part->direct_x + part->used;
+      }
     } else {
       if (!part->place(nc)) return 0;
       end = std::min(end, i + (Part::kEntries - part->used) / nc);
@@ -89,6 +104,7 @@ inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, in
     }
     if (part->direct_j == nullptr) part->note_buffered(i, part->used, rows);
     part->used += rows * nc;
+    if (staged) so->wrote(part->used), part->streamed += rows;
     part->band += rows;
     return rows;
   } else {
@@ -104,7 +120,7 @@ inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, in
 constexpr int64_t kBackBlock = int64_t{1} << 15;
 template <class P, typename V, typename I>
 void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
-                         int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
+                         int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool stream) {
   using Part = SpgemmPart<V, I>;
   const int64_t cols = b.cols;
   Part tmp;
@@ -148,12 +164,17 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
       fuse_row(eng, i, flop[i], cols, counts, fused, &tmp, &fuse);
     }
     below += tmp.used;
-    if (!alone) {
+    if (!alone && stream) {
+      stream_copy_any(part->direct_j - below, tmp.direct_j, tmp.used);
+      stream_copy_any(part->direct_x - below, tmp.direct_x, tmp.used);
+      part->streamed += hi - lo;
+    } else if (!alone) {
       std::memcpy(part->direct_j - below, tmp.direct_j, static_cast<size_t>(tmp.used) * sizeof(I));
       std::memcpy(part->direct_x - below, tmp.direct_x, static_cast<size_t>(tmp.used) * sizeof(V));
     }
     hi = lo;
   }
+  if (stream) stream_fence();
   part->used = below;
   part->deferred += tmp.deferred;
   part->band += tmp.band;
@@ -165,10 +186,11 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
 // Rows [r0, r1) forwards into the part (in place for a direct part, else its buffer); *fuse as fuse_row.
 template <class P, typename V, typename I>
 void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
-                        int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse) {
+                        int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse,
+                        StreamOut<V, I>* so = nullptr) {
   for (int64_t i = r0; i < r1; ++i) {
     if (*fuse) {
-      const int64_t n = fuse_band_run(eng, i, r1, flop, counts, fused, part);
+      const int64_t n = fuse_band_run(eng, i, r1, flop, counts, fused, part, so);
       if (n > 0) {
         i += n - 1;
         continue;
@@ -181,7 +203,7 @@ void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const Cs
       fused[i] = 1;
       continue;
     }
-    fuse_row(eng, i, f, b.cols, counts, fused, part, fuse);
+    fuse_row(eng, i, f, b.cols, counts, fused, part, fuse, so);
   }
 }
 
@@ -189,8 +211,11 @@ void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const Cs
 // then take rows from the far ends of the others' into `mine` (a buffered part).
 template <class P, typename V, typename I>
 void fused_rows_halves(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
-                       I* counts, uint8_t* fused, SpgemmPart<V, I>* mine) {
+                       I* counts, uint8_t* fused, SpgemmPart<V, I>* mine, bool candidate, bool all) {
   SpgemmHalves<V, I>& hv = *mine->halves;
+  // The stage of the half this thread owns, if a candidate: the upper half's rows go out in order, claim
+  // after claim; the lower half's blocks are streamed out of their scratch.
+  std::unique_ptr<StreamGate<V, I>> gate;
   bool fuse_mine = mine->chunks_left != nullptr;
   for (;;) {
     int h = -1;
@@ -228,8 +253,17 @@ void fused_rows_halves(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const Csr
       }
       hv.unlock();
       if (r0 == r1) break;
-      if (h == 0) fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, hv.lower);
-      else fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, hv.upper, &fuse);
+      // The half's first claim starts the gate: the lower half's rows [0, r1) counted down from r1, the
+      // upper half's [r0, a.rows) up from r0.
+      if (candidate && !gate)
+        gate.reset(h == 0 ? new StreamGate<V, I>(r1, r1, all) : new StreamGate<V, I>(r0, a.rows - r0, all));
+      if (h == 0) {
+        const bool stream = gate && gate->on(gate->start - r1, hv.lower);
+        fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, hv.lower, stream);
+      } else {
+        fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, hv.upper, &fuse,
+                           gate ? gate->stage(r0 - gate->start, hv.upper) : nullptr);
+      }
     }
   }
 }
@@ -238,11 +272,27 @@ template <class P, typename V, typename I>
 void fused_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop, int64_t r0, int64_t r1,
                 I* counts, uint8_t* fused, SpgemmPart<V, I>* part) {
   RowEngine<P, V, I> eng(a, b);
-  if (part->halves != nullptr) return fused_rows_halves(eng, a, b, flop, counts, fused, part);
-  if (part->backward) return fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, part);
+  // Candidates for the stage (spgemm_stream.h): C estimated at nnz(A) times B's mean row past
+  // kStreamMinBytes (with halves, the whole product). The part decides once it has written 1/32 of its
+  // rows (StreamGate).
+  const int64_t ra0 = part->halves != nullptr ? 0 : r0, ra1 = part->halves != nullptr ? a.rows : r1;
+  const double est = static_cast<double>(a.indptr[ra1] - a.indptr[ra0]) * static_cast<double>(b.indptr[b.rows]) /
+                     static_cast<double>(std::max<int64_t>(b.rows, 1)) * static_cast<double>(sizeof(I) + sizeof(V));
+  const StreamMode mode = P::kStreamOut ? stream_mode() : StreamMode::kOff;
+  const bool all = mode == StreamMode::kAll;
+  const bool candidate = all || (mode == StreamMode::kAuto && est >= static_cast<double>(kStreamMinBytes));
+  if (part->halves != nullptr) return fused_rows_halves(eng, a, b, flop, counts, fused, part, candidate, all);
+  if (part->backward) return fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, part, all);
   // A direct part writes into C itself, whose room the caller bounded (no chunks; the allowance only
   // when other parts run too, SpgemmPart::direct_allowance).
   bool fuse = part->direct_j != nullptr || part->chunks_left != nullptr;
+  if (candidate && part->direct_j != nullptr) {
+    StreamGate<V, I> gate(r0, r1 - r0, all);
+    const int64_t probe = std::min(r1, r0 + gate.probe());
+    fused_rows_forward(eng, a, b, flop, r0, probe, counts, fused, part, &fuse);
+    fused_rows_forward(eng, a, b, flop, probe, r1, counts, fused, part, &fuse, gate.stage(probe - r0, part));
+    return;
+  }
   fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, part, &fuse);
 }
 

@@ -223,6 +223,9 @@ struct ScalarPolicy {
     for (int q = 0; q < n; ++q) same &= static_cast<int64_t>(y[q]) - x[q] == d;
     return same;
   }
+  // Rows written in place through a stage with non-temporal stores for large products (spgemm_stream.h);
+  // the scalar oracle writes them directly.
+  static constexpr bool kStreamOut = false;
   static constexpr bool kSortPairs = false;  // the scalar path keeps such rows on the accumulators
   // Rows with kEscMin < f <= kEscMax products (and B.cols <= kEscMaxCols) go to the ESC path (expand,
   // sort, compress) when the policy has esc_sort_merge; 0 turns it off.

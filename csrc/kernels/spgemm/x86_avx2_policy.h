@@ -76,6 +76,7 @@ __attribute__((always_inline)) inline void rank_sort(int32_t* keys, int64_t n, S
 }
 
 struct Avx2Policy : ScalarPolicy {
+  static constexpr bool kStreamOut = true;
   static constexpr bool kReusePattern = true;  // RowEngine::reuse_pattern (the scalar oracle keeps the plain sort)
   // int32 keys, up to kRankSortMax of them: the branch-free rank sort above (its n*n/8 compares stop
   // paying beyond that; longer rows take the scalar sort).
