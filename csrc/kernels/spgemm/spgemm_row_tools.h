@@ -258,6 +258,23 @@ struct ScalarPolicy {
   template <int R, typename I, typename V>
   static void accumulate_group(const V* av, int64_t astride, const int64_t* us, int64_t g, const I* cols, int64_t len,
                                const V* bx, V* acc, int64_t stride, uint8_t* flags) {}
+  // The products of A's terms [s, e) (row by row of B, in A's order) into keys (columns) and vals
+  // (values); returns their count. 0 + p keeps scipy's sign of zero.
+  template <typename I, typename V>
+  static int64_t expand_terms(const I* aj, const V* ax, const I* bp, const I* bj, const V* bx, int64_t s, int64_t e,
+                              int64_t nnz_a, I* keys, V* vals) {
+    int64_t n = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const V av = ax[t];
+      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
+        keys[n] = bj[u];
+        vals[n] = V(0) + product(av, bx[u]);
+      }
+    }
+    return n;
+  }
   template <typename V>
   static void scale(V a, const V* x, int64_t n, V* y) {
     for (int64_t t = 0; t < n; ++t) y[t] = a * x[t];

@@ -127,8 +127,14 @@ class RowEngine {
     int64_t wlo = 0, whi = cols_ - 1;
     bool dense_span = f * kSpanPerFlop >= cols_;
     if (!dense_span && f >= kSpanMinFlops) {
-      column_span(ap_, aj_, bp_, bj_, s, e, &wlo, &whi);
-      dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
+      if (span_off_ > 0) {
+        --span_off_;
+      } else {
+        column_span(ap_, aj_, bp_, bj_, s, e, &wlo, &whi);
+        dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
+        if (dense_span) span_misses_ = 0;
+        else if (++span_misses_ >= kSpanMisses) span_misses_ = 0, span_off_ = kSpanOffRows;
+      }
     }
     if (dense_span && known == whi - wlo + 1) return dense_full(s, e, wlo, known, oj, ox);
     if (dense_span) {
@@ -175,6 +181,10 @@ class RowEngine {
   static constexpr int kEscSkipRows = 256;
   int esc_skip_ = 0;
   static constexpr int kPatternMisses = 16, kPatternOffRows = 1024;
+  // Random rows never span few columns: after kSpanMisses such rows in a row, the next kSpanOffRows rows
+  // that would compute their span do not.
+  static constexpr int kSpanMisses = 32, kSpanOffRows = 1024;
+  int span_misses_ = 0, span_off_ = 0;
   int pat_misses_ = 0, pat_off_ = 0;
 
   // Every column of the span is in C_i (dense output rows, e.g. X·Xᵀ of text): no flags to keep.
@@ -390,29 +400,19 @@ class RowEngine {
   }
 
   // The row's products in A's order into ws_.keys / ws_.vals (columns, values; `pad` spare slots for
-  // vector tails); returns their count.
+  // vector tails; P::expand_terms); returns their count.
   int64_t expand(int64_t s, int64_t e, int64_t f, int64_t pad) {
+    const int64_t nnz_a = nnz_a_;
     const I* aj = aj_;
     const V* ax = ax_;
     const I* bp = bp_;
     const I* bj = bj_;
     const V* bx = bx_;
-    const int64_t nnz_a = nnz_a_;
     if (ws_.keys.size() < static_cast<size_t>(f + pad)) ws_.keys.resize(static_cast<size_t>(f + pad));
     if (ws_.vals.size() < static_cast<size_t>(f + pad)) ws_.vals.resize(static_cast<size_t>(f + pad));
     I* keys = ws_.keys.data();
     V* vals = ws_.vals.data();
-    int64_t n = 0;
-    for (int64_t t = s; t < e; ++t) {
-      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
-      const I k = aj[t];
-      const V av = ax[t];
-      for (int64_t u = bp[k], ue = bp[k + 1]; u < ue; ++u, ++n) {
-        keys[n] = bj[u];
-        vals[n] = V(0) + product(av, bx[u]);
-      }
-    }
-    return n;
+    return P::expand_terms(aj, ax, bp, bj, bx, s, e, nnz_a, keys, vals);
   }
 
   // ESC: the row's products in A's order (columns and values), sorted by column together with their

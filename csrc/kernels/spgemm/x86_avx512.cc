@@ -245,6 +245,49 @@ struct Avx512Policy : Avx2Policy {
     }
   }
 
+  // As ScalarPolicy::expand_terms, a row of B at a time in masked vectors of 8 (16 for float / int32)
+  // products: ER's rows of B hold ~8 entries, one vector each instead of eight scalar round trips
+  // (ER, one thread: 9.4 -> 7.9 ms once rows no longer waited on the stores of C, spgemm_stream.h).
+  template <typename I, typename V>
+  static int64_t expand_terms(const I* aj, const V* ax, const I* bp, const I* bj, const V* bx, int64_t s, int64_t e,
+                              int64_t nnz_a, I* keys, V* vals) {
+    constexpr int64_t kLanes = sizeof(V) == 4 && sizeof(I) == 4 ? 16 : 8;
+    int64_t n = 0;
+    for (int64_t t = s; t < e; ++t) {
+      prefetch_b_row(aj, t + kPrefetchAhead, nnz_a, bp, bj, bx);
+      const I k = aj[t];
+      const int64_t u0 = bp[k], ue = bp[k + 1];
+      for (int64_t u = u0; u < ue; u += kLanes) {
+        const __mmask16 m = lanes_left(ue - u);
+        I* kd = keys + n + (u - u0);
+        V* vd = vals + n + (u - u0);
+        if constexpr (sizeof(I) == 4 && kLanes == 16) {
+          _mm512_mask_storeu_epi32(kd, m, _mm512_maskz_loadu_epi32(m, bj + u));
+        } else if constexpr (sizeof(I) == 4) {
+          _mm256_mask_storeu_epi32(kd, static_cast<__mmask8>(m), _mm256_maskz_loadu_epi32(static_cast<__mmask8>(m), bj + u));
+        } else {
+          _mm512_mask_storeu_epi64(kd, static_cast<__mmask8>(m), _mm512_maskz_loadu_epi64(static_cast<__mmask8>(m), bj + u));
+        }
+        // Multiply, then add 0 (no FMA contraction: the product is rounded first, as scipy rounds it).
+        if constexpr (sizeof(V) == 8) {
+          __m512d p = _mm512_mul_pd(_mm512_set1_pd(ax[t]), _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), bx + u));
+          asm("" : "+v"(p));
+          _mm512_mask_storeu_pd(vd, static_cast<__mmask8>(m), _mm512_add_pd(_mm512_setzero_pd(), p));
+        } else if constexpr (kLanes == 16) {
+          __m512 p = _mm512_mul_ps(_mm512_set1_ps(ax[t]), _mm512_maskz_loadu_ps(m, bx + u));
+          asm("" : "+v"(p));
+          _mm512_mask_storeu_ps(vd, m, _mm512_add_ps(_mm512_setzero_ps(), p));
+        } else {
+          __m256 p = _mm256_mul_ps(_mm256_set1_ps(ax[t]), _mm256_maskz_loadu_ps(static_cast<__mmask8>(m), bx + u));
+          asm("" : "+v"(p));
+          _mm256_mask_storeu_ps(vd, static_cast<__mmask8>(m), _mm256_add_ps(_mm256_setzero_ps(), p));
+        }
+      }
+      n += ue - u0;
+    }
+    return n;
+  }
+
   static constexpr int64_t kEscMin = 32, kEscMax = kNetworkMax;
   // (column << 8 | position) keys, n <= 256 of them, columns < kEscMaxCols.
   template <typename I, typename V>
