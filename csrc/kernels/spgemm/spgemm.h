@@ -181,7 +181,8 @@ struct SpgemmHalves {
 };
 
 // Row-range kernels. `flop` is [a.rows] with flop[i] = sum over k in A_i of nnz(B_k).
-// fused: writes flop[i] and the length of every row i in [r0, r1) to counts[i]; rows it computed
+// fused: writes the length of every row i in [r0, r1) to counts[i] (and flop[i] for the rows it leaves to
+// numeric); rows it computed
 // (fused[i] = 1) are in part's buffer (or in place in C for a direct part), the others (fused[i] = 0)
 // are left to numeric.
 // numeric: computes the rows of [r0, r1) that fused left to it (fused[i] = 0) into C, given C's final
@@ -264,8 +265,9 @@ struct SpgemmCheck {
 // the parts' buffers (freed with the plan).
 template <typename V, typename I>
 struct SpgemmPlan {
-  // flop and fused: [a.rows], written for every row by the first pass before anything reads them, so
-  // left uninitialised (zero-filling flop cost ~40 us of a 2.4 ms two-thread Poisson product, all serial).
+  // flop and fused: [a.rows], left uninitialised (zero-filling flop cost ~40 us of a 2.4 ms two-thread
+  // Poisson product, all serial): the first pass writes fused[i] for every row, and flop[i] for the rows it
+  // leaves to the second pass, the only ones whose flop is read.
   std::unique_ptr<int64_t[]> flop;
   std::unique_ptr<uint8_t[]> fused;
   std::vector<int64_t> bounds;

@@ -85,7 +85,6 @@ class BandRows {
     P::band_cols(p.plan, i0, rows, oj);
     return rows;
   }
-  int64_t flop() const { return cur_->flop; }
 
  private:
   static constexpr int kFails = 16, kFailsOff = 64, kGap = 16, kOffRows = 1024;
@@ -99,7 +98,6 @@ class BandRows {
     bool valid = false;
     uint64_t hash = 0;
     uint8_t shape[kBandMaxA];
-    int64_t flop = 0;
     BandPattern pat;
     typename P::template BandPlan<V> plan;
   };
@@ -224,11 +222,9 @@ class BandRows {
     BandPattern& pat = p->pat;
     int64_t sums[kBandMaxA * kBandMaxB];
     int n = 0;
-    p->flop = 0;
     for (int t = 0; t < pat.na; ++t) {
       const Shape& sh = shapes_[p->shape[t]];
       pat.nb[t] = sh.nb;
-      p->flop += sh.nb;
       for (int q = 0; q < sh.nb; ++q) {
         pat.b[t][q] = sh.b[q];
         sums[n++] = pat.a[t] + sh.b[q];
