@@ -186,6 +186,7 @@ int64_t spgemm_symbolic(const CsrRef<V, I>& a, const CsrRef<V, I>& b, I* c_indpt
     SpgemmHalves<V, I>& hv = *plan->halves;
     hv.lo[0] = 0, hv.hi[0] = mid, hv.lo[1] = mid, hv.hi[1] = m;
     hv.a_indptr = a.indptr;
+    hv.b_longest = plan->direct_longest;
     hv.claim = std::max<int64_t>(1, hv.cost(0, m) / 64);  // a late thread's share ends within ~1.5%
     hv.lower = &lower, hv.upper = &upper;
     plan->parts[2].halves = plan->parts[3].halves = &hv;

@@ -147,6 +147,7 @@ struct SpgemmHalves {
   int64_t lo[2] = {0, 0}, hi[2] = {0, 0};
   bool owned[2] = {false, false};
   int64_t claim = 1;  // rows are claimed in runs of about this much sum(nnz(A_i) + 1)
+  int64_t b_longest = 0;  // B's longest row: bounds the lower half's rows (fused_rows_backward)
   const I* a_indptr = nullptr;
   SpgemmPart<V, I>* lower = nullptr;  // backward, ends at the split point
   SpgemmPart<V, I>* upper = nullptr;  // forward, starts there

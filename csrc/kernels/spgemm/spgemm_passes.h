@@ -121,7 +121,8 @@ inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, in
 constexpr int64_t kBackBlock = int64_t{1} << 15;
 template <class P, typename V, typename I>
 void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
-                         int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool stream) {
+                         int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool stream,
+                         int64_t b_longest = 0) {
   using Part = SpgemmPart<V, I>;
   const int64_t cols = b.cols;
   Part tmp;
@@ -132,14 +133,22 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
   int64_t below = part->used;  // continues below the rows it wrote before
   for (int64_t hi = r1; hi > r0;) {
     // The block [lo, hi): rows down from hi while their bounds fit; a row that fits no scratch on its own
-    // goes alone, counted only (the second pass computes it in place).
+    // goes alone, counted only (the second pass computes it in place). A row's bound is nnz(A_i) times B's
+    // longest row when that is known and fits a chunk: no pass over the rows of B it takes (its products
+    // are counted when it is computed), which on stencils was a pass over all of B the upper half
+    // does not make. Otherwise its products, min(f, cols).
     int64_t lo = hi, room = 0;
     bool alone = false;
     while (lo > r0) {
-      const int64_t f = row_flop(a, b, lo - 1);
-      const int64_t need = std::min(f, cols);  // counted-only rows keep their slots in the block too
+      const int64_t i = lo - 1;
+      int64_t need = b_longest > 0 ? std::min<int64_t>((static_cast<int64_t>(a.indptr[i + 1]) - a.indptr[i]) * b_longest, cols)
+                                   : Part::kEntries + 1;
+      if (need > Part::kEntries) {
+        const int64_t f = row_flop(a, b, i);
+        flop[i] = f;
+        need = std::min(f, cols);  // counted-only rows keep their slots in the block too
+      }
       if (lo < hi && room + need > kBackBlock) break;
-      flop[lo - 1] = f;
       room += need;
       --lo;
       if (need > Part::kEntries) {
@@ -157,12 +166,13 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
           continue;
         }
       }
-      if (flop[i] == 0) {
+      const int64_t f = row_flop(a, b, i);
+      if (f == 0) {
         counts[i] = 0;
         fused[i] = 1;
         continue;
       }
-      fuse_row(eng, i, flop[i], cols, flop, counts, fused, &tmp, &fuse);
+      fuse_row(eng, i, f, cols, flop, counts, fused, &tmp, &fuse);
     }
     below += tmp.used;
     if (!alone && stream) {
@@ -259,7 +269,7 @@ void fused_rows_halves(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const Csr
         gate.reset(h == 0 ? new StreamGate<V, I>(r1, r1, all) : new StreamGate<V, I>(r0, a.rows - r0, all));
       if (h == 0) {
         const bool stream = gate && gate->on(gate->start - r1, hv.lower);
-        fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, hv.lower, stream);
+        fused_rows_backward(eng, a, b, flop, r0, r1, counts, fused, hv.lower, stream, hv.b_longest);
       } else {
         fused_rows_forward(eng, a, b, flop, r0, r1, counts, fused, hv.upper, &fuse,
                            gate ? gate->stage(r0 - gate->start, hv.upper) : nullptr);
