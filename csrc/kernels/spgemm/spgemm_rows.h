@@ -126,9 +126,11 @@ class RowEngine {
     // smaller rows skip it, and rows with f * kSpanPerFlop >= cols scan all columns without it.
     int64_t wlo = 0, whi = cols_ - 1;
     bool dense_span = f * kSpanPerFlop >= cols_;
+    bool span_skipped = false;  // the hash below still wants it (its slots follow the span)
     if (!dense_span && f >= kSpanMinFlops) {
       if (span_off_ > 0) {
         --span_off_;
+        span_skipped = true;
       } else {
         column_span(ap_, aj_, bp_, bj_, s, e, &wlo, &whi);
         dense_span = whi - wlo + 1 <= f * kSpanPerFlop;
@@ -160,6 +162,7 @@ class RowEngine {
     if (known == f && P::kSortPairs) return distinct_pairs(s, e, f, oj, ox);
     if (cols_ <= kDenseListMaxCols && penalty_ < 16) return dense_list(s, e, f, oj, ox);
     if (++hash_rows_ % 256 == 0) penalty_ = 0;
+    if (span_skipped) column_span(ap_, aj_, bp_, bj_, s, e, &wlo, &whi);
     return hashed(s, e, known >= 0 ? known : std::min(f, whi - wlo + 1), wlo, whi, oj, ox);
   }
 
