@@ -13,6 +13,7 @@ sp = pytest.importorskip("scipy.sparse")
 
 from sparseforge import _C
 from sparseforge.data import spgemm_matrices as mats
+from test_spgemm import rows_from_lists
 
 ISAS = _C.supported_isas()
 STAGED = [i for i in ISAS if i != "scalar"]  # the scalar oracle writes in place
@@ -23,16 +24,6 @@ def threads(request):
     _C.set_num_threads(request.param)
     yield request.param
     _C.set_num_threads(0)
-
-
-def rows_from_lists(lists, ncols, rng, dt, it):
-    lens = np.array([len(x) for x in lists], np.int64)
-    indptr = np.r_[0, np.cumsum(lens)]
-    indices = np.concatenate([np.sort(np.asarray(x, np.int64)) for x in lists] + [np.zeros(0, np.int64)])
-    data = rng.uniform(0.5, 2.0, indptr[-1]) * rng.choice([-1.0, 1.0], indptr[-1])
-    m = sp.csr_matrix((data.astype(dt), indices, indptr), shape=(len(lists), ncols))
-    m.indptr, m.indices = m.indptr.astype(it), m.indices.astype(it)
-    return m
 
 
 def typed(m, dt, it):

@@ -113,6 +113,29 @@ inline int64_t fuse_band_run(RowEngine<P, V, I>& eng, int64_t i, int64_t end, in
   }
 }
 
+// Rows [r0, r1) forwards into the part (in place for a direct part, else its buffer); *fuse as fuse_row.
+template <class P, typename V, typename I>
+void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
+                        int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse,
+                        StreamOut<V, I>* so = nullptr) {
+  for (int64_t i = r0; i < r1; ++i) {
+    if (*fuse) {
+      const int64_t n = fuse_band_run(eng, i, r1, flop, counts, fused, part, so);
+      if (n > 0) {
+        i += n - 1;
+        continue;
+      }
+    }
+    const int64_t f = row_flop(a, b, i);
+    if (f == 0) {
+      counts[i] = 0;
+      fused[i] = 1;
+      continue;
+    }
+    fuse_row(eng, i, f, b.cols, flop, counts, fused, part, fuse, so);
+  }
+}
+
 // A backward part (SpgemmPart::backward) ends where the next part's rows begin, at direct_j/x, which is
 // all it knows of its place: it walks its rows from the last down, in blocks of about kBackBlock
 // entries, each computed forwards into a scratch chunk (so rows and B-row prefetches still go forwards)
@@ -158,22 +181,7 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
     }
     tmp.used = 0;
     bool fuse = !alone;
-    for (int64_t i = lo; i < hi; ++i) {
-      if (fuse) {
-        const int64_t n = fuse_band_run(eng, i, hi, flop, counts, fused, &tmp);
-        if (n > 0) {
-          i += n - 1;
-          continue;
-        }
-      }
-      const int64_t f = row_flop(a, b, i);
-      if (f == 0) {
-        counts[i] = 0;
-        fused[i] = 1;
-        continue;
-      }
-      fuse_row(eng, i, f, cols, flop, counts, fused, &tmp, &fuse);
-    }
+    fused_rows_forward(eng, a, b, flop, lo, hi, counts, fused, &tmp, &fuse);
     below += tmp.used;
     if (!alone && stream) {
       stream_copy_any(part->direct_j - below, tmp.direct_j, tmp.used);
@@ -192,29 +200,6 @@ void fused_rows_backward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const C
   tmp.direct_j = nullptr;
   tmp.direct_x = nullptr;
   spgemm_chunk_release(chunk);
-}
-
-// Rows [r0, r1) forwards into the part (in place for a direct part, else its buffer); *fuse as fuse_row.
-template <class P, typename V, typename I>
-void fused_rows_forward(RowEngine<P, V, I>& eng, const CsrRef<V, I>& a, const CsrRef<V, I>& b, int64_t* flop,
-                        int64_t r0, int64_t r1, I* counts, uint8_t* fused, SpgemmPart<V, I>* part, bool* fuse,
-                        StreamOut<V, I>* so = nullptr) {
-  for (int64_t i = r0; i < r1; ++i) {
-    if (*fuse) {
-      const int64_t n = fuse_band_run(eng, i, r1, flop, counts, fused, part, so);
-      if (n > 0) {
-        i += n - 1;
-        continue;
-      }
-    }
-    const int64_t f = row_flop(a, b, i);
-    if (f == 0) {
-      counts[i] = 0;
-      fused[i] = 1;
-      continue;
-    }
-    fuse_row(eng, i, f, b.cols, flop, counts, fused, part, fuse, so);
-  }
 }
 
 // One thread's share of a two-thread call with halves (SpgemmHalves): own a half while one is free,
