@@ -20,7 +20,7 @@ constexpr const char* kFn = "spgemm";
 // What the last spgemm call did (tests check that every path is reached): rows computed in the first
 // pass, rows in all, parts.
 std::atomic<int64_t> g_last_fused{0}, g_last_rows{0}, g_last_parts{0}, g_last_direct{0}, g_last_taken{0}, g_last_band{0},
-    g_last_streamed{0};
+    g_last_streamed{0}, g_last_reserved{0};
 
 std::pair<int64_t, int64_t> require_shape(const char* arg, py::handle obj) {
   py::tuple t;
@@ -125,6 +125,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   // (one thread: all of them; two: two halves) instead of through the fused-pass buffer and a copy
   // (Poisson 2-D, one thread: the copy was 1.3 of 8.7 ms).
   DirectBlocks direct;
+  int64_t reserved = 0;
   if (direct_enabled()) {
     const double est = static_cast<double>(a.indptr[a.rows]) * static_cast<double>(b.indptr[b.rows]) /
                        static_cast<double>(std::max<int64_t>(b.rows, 1));
@@ -138,6 +139,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
           plan.direct_j = static_cast<I*>(direct.j.ptr);
           plan.direct_x = static_cast<V*>(direct.x.ptr);
           plan.direct_longest = longest;
+          reserved = bound;
         }
       }
     }
@@ -170,6 +172,7 @@ py::tuple run(py::handle ap, py::handle aj, py::handle ax, py::handle ash, py::h
   g_last_taken = plan.taken_rows;
   g_last_band = plan.band_rows;
   g_last_streamed = plan.streamed_rows;
+  g_last_reserved = reserved;
   return py::make_tuple(c_indptr, c_indices, c_data);
 }
 
@@ -216,12 +219,14 @@ SPARSEFORGE_BIND_OP(
         d["taken_rows"] = g_last_taken.load();
         d["band_rows"] = g_last_band.load();
         d["streamed_rows"] = g_last_streamed.load();
+        d["reserved"] = g_last_reserved.load();
         return d;
       }, "What the last spgemm call did: rows computed in its first (fused) pass, rows, row parts, and how many\n"
          "parts wrote their rows straight into C (direct_parts; direct: any); with two halves, the rows a\n"
          "thread took from the far end of the other's half (taken_rows); rows computed as band rows of a\n"
          "stencil pattern (band_rows); rows written out to C with non-temporal stores (streamed_rows: large\n"
-         "products, SPARSEFORGE_SPGEMM_STREAM=0 turns it off).");
+         "products, SPARSEFORGE_SPGEMM_STREAM=0 turns it off); the entries of C's reservation (reserved: nnz(A)\n"
+         "times B's longest row, at most rows x cols; address space, 0 when C was not written in place).");
       mod.def("spgemm_release_buffers", [] {
         spgemm_release_pool();
         bind::pool_release_all();

@@ -222,6 +222,31 @@ SPARSEFORGE_SPGEMM_DECLARE(avx512)
 template <typename V, typename I>
 SpgemmKernel<V, I> select_spgemm(Isa isa);
 
+// The structure passes outside the row kernels, one copy per ISA (spgemm_checks.h).
+template <typename I>
+struct SpgemmChecks {
+  // Rows [r0, r1) canonical: columns in [0, cols), strictly increasing (indptr checked already).
+  bool (*rows_canonical)(const I* indptr, const I* indices, int64_t r0, int64_t r1, int64_t cols);
+  // indptr[0, rows] non-decreasing; then *longest = the longest row.
+  bool (*indptr_order)(const I* indptr, int64_t rows, int64_t* longest);
+  // counts[0, m) -> inclusive prefix sums in place (wrapping in I); returns the exact total.
+  int64_t (*prefix)(I* counts, int64_t m);
+  // Sum of n flag bytes.
+  int64_t (*count_flags)(const uint8_t* flags, int64_t n);
+};
+template <typename I>
+SpgemmChecks<I> spgemm_checks_scalar();
+#if defined(SPARSEFORGE_HAVE_AVX2)
+template <typename I>
+SpgemmChecks<I> spgemm_checks_avx2();
+#endif
+#if defined(SPARSEFORGE_HAVE_AVX512)
+template <typename I>
+SpgemmChecks<I> spgemm_checks_avx512();
+#endif
+template <typename I>
+SpgemmChecks<I> select_spgemm_checks(Isa isa);
+
 template <typename V, typename I>
 inline CsrRef<void, I> structure_of(const CsrRef<V, I>& m) {
   CsrRef<void, I> s;
@@ -255,6 +280,8 @@ struct SpgemmCheck {
   std::vector<Piece> pieces;
   std::atomic<int64_t> next{0}, done{0};
   std::atomic<int> bad{-1};  // the input that failed (the lowest index), -1 none
+  bool (*rows_canonical)(const I*, const I*, int64_t, int64_t, int64_t) =
+      select_spgemm_checks<I>(active_isa()).rows_canonical;
   // Adds matrix `which`'s rows in pieces of about 64k entries.
   void add(const I* indptr, const I* indices, int64_t rows, int64_t cols, int which);
   // Claims and checks pieces until none is left, then waits for the other threads' pieces; true when

@@ -10,6 +10,7 @@
 
 #include "spgemm.h"
 #include "spgemm_band.h"
+#include "spgemm_checks.h"
 #include "spgemm_rows.h"
 #include "spgemm_stream.h"
 
@@ -322,6 +323,7 @@ void numeric_rows(const CsrRef<V, I>& a, const CsrRef<V, I>& b, const int64_t* f
                                const SpgemmPart<V, I>* part) {                                                 \
     numeric_rows<Policy, V, I>(a, b, flop, r0, r1, cp, cj, cx, fused, part);                                   \
   }                                                                                                            \
+  SPARSEFORGE_SPGEMM_CHECKS_DEFINE(suffix)                                                                     \
   SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, float, int32_t)                                                       \
   SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, float, int64_t)                                                       \
   SPARSEFORGE_SPGEMM_INSTANTIATE(suffix, double, int32_t)                                                      \
