@@ -152,8 +152,21 @@ class BandRows {
   // it is full or the rows are too long), memoised with each row's run.
   __attribute__((noinline)) uint32_t classify(int64_t k) {
     const int64_t u = b_.indptr[k], nb = static_cast<int64_t>(b_.indptr[k + 1]) - u;
-    int64_t n = 1;
-    while (k + n < b_.rows && n < kRunCap && same_offsets(k, u, nb, k + n)) ++n;
+    // A run that reaches rows classified already joins theirs (only the rows before them are memoised
+    // here): the lower half of a two-thread call walks its blocks downwards, and each block's runs would
+    // otherwise be walked again up to the cap (on Poisson 2-D, 24% more rows classified on two threads
+    // than on one).
+    int64_t n = 1, fresh = 0;
+    while (k + n < b_.rows && n < kRunCap && same_offsets(k, u, nb, k + n)) {
+      const uint32_t next = memo_[k + n];
+      if ((next >> 24) == epoch_) {
+        fresh = n;
+        n = std::min<int64_t>(kRunCap, n + (next & kRunCap));
+        break;
+      }
+      ++n;
+    }
+    if (fresh == 0) fresh = n;
     int id = kNoShape;
     if (nb >= 1 && nb <= kBandMaxB) {
       Shape sh;
@@ -169,7 +182,7 @@ class BandRows {
       if (id != kNoShape) last_shape_ = id;
     }
     const uint32_t tag = epoch_ << 24 | static_cast<uint32_t>(id) << 16;
-    for (int64_t r = 0; r < n; ++r) memo_[k + r] = tag | static_cast<uint32_t>(n - r);
+    for (int64_t r = 0; r < fresh; ++r) memo_[k + r] = tag | static_cast<uint32_t>(n - r);
     return tag | static_cast<uint32_t>(n);
   }
   bool same_offsets(int64_t k, int64_t u, int64_t nb, int64_t k2) const {
