@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "spgemm.h"
@@ -149,29 +150,40 @@ class BandRows {
   int64_t shape_run(int64_t k) { return lookup(k) & kRunCap; }
 
   // Row k of B and the rows after it with the same offsets: their shape in the registry (kNoShape when
-  // it is full or the rows are too long), memoised with each row's run.
+  // it is full or the rows are too long), memoised with each row's run. Rows k..k+n-1 share their offsets
+  // when each has k's length nb and, stored one after another, each entry is one more than the entry nb
+  // before it: both are checked 16 at a time over indptr and the indices (a row at a time, comparing
+  // each row with row k, this was 15% of a one-thread Poisson 2-D product). A run that reaches rows
+  // classified already joins theirs, and only the rows before them are memoised here: the lower half of
+  // a two-thread call walks its blocks downwards, and each block's runs would otherwise be walked again
+  // up to the cap (Poisson 2-D: 24% more rows classified on two threads than on one).
   __attribute__((noinline)) uint32_t classify(int64_t k) {
-    const int64_t u = b_.indptr[k], nb = static_cast<int64_t>(b_.indptr[k + 1]) - u;
-    // A run that reaches rows classified already joins theirs (only the rows before them are memoised
-    // here): the lower half of a two-thread call walks its blocks downwards, and each block's runs would
-    // otherwise be walked again up to the cap (on Poisson 2-D, 24% more rows classified on two threads
-    // than on one).
-    int64_t n = 1, fresh = 0;
-    while (k + n < b_.rows && n < kRunCap && same_offsets(k, u, nb, k + n)) {
-      const uint32_t next = memo_[k + n];
-      if ((next >> 24) == epoch_) {
-        fresh = n;
-        n = std::min<int64_t>(kRunCap, n + (next & kRunCap));
-        break;
-      }
-      ++n;
+    using U = std::make_unsigned_t<I>;
+    const I* bp = b_.indptr;
+    const I* bj = b_.indices;
+    const int64_t u = bp[k], nb = static_cast<int64_t>(bp[k + 1]) - u;
+    const int64_t limit = std::min<int64_t>(kRunCap, b_.rows - k);
+    const I len = static_cast<I>(nb);
+    int64_t n = first_false(k + 1, k + limit, [=](int64_t r) { return bp[r + 1] - bp[r] == len; }) - k;
+    if (nb > 0 && n > 1) {
+      const int64_t t = first_false(u, u + (n - 1) * nb, [=](int64_t q) {
+        return static_cast<U>(static_cast<U>(bj[q + nb]) - static_cast<U>(bj[q])) == U{1};
+      });
+      n = std::min(n, (t - u) / nb + 1);
     }
-    if (fresh == 0) fresh = n;
+    const uint32_t* memo = memo_;
+    const uint32_t epoch = epoch_;
+    const int64_t joined = first_false(k + 1, k + n, [=](int64_t r) { return (memo[r] >> 24) != epoch; }) - k;
+    int64_t fresh = n;
+    if (joined < n) {
+      fresh = joined;
+      n = std::min<int64_t>(kRunCap, joined + (memo_[k + joined] & kRunCap));
+    }
     int id = kNoShape;
     if (nb >= 1 && nb <= kBandMaxB) {
       Shape sh;
       sh.nb = static_cast<int>(nb);
-      for (int q = 0; q < sh.nb; ++q) sh.b[q] = b_.indices[u + q] - k;
+      for (int q = 0; q < sh.nb; ++q) sh.b[q] = bj[u + q] - k;
       if (last_shape_ >= 0 && same_shape(shapes_[last_shape_], sh)) id = last_shape_;
       for (size_t x = 0; x < shapes_.size() && id == kNoShape; ++x)
         if (same_shape(shapes_[x], sh)) id = static_cast<int>(x);
@@ -185,13 +197,20 @@ class BandRows {
     for (int64_t r = 0; r < fresh; ++r) memo_[k + r] = tag | static_cast<uint32_t>(n - r);
     return tag | static_cast<uint32_t>(n);
   }
-  bool same_offsets(int64_t k, int64_t u, int64_t nb, int64_t k2) const {
-    const int64_t u2 = b_.indptr[k2];
-    if (static_cast<int64_t>(b_.indptr[k2 + 1]) - u2 != nb) return false;
-    if (nb <= kBandMaxB) return P::band_shifted(b_.indices + u, b_.indices + u2, static_cast<int>(nb), k2 - k);
-    bool same = true;
-    for (int64_t q = 0; q < nb; ++q) same &= static_cast<int64_t>(b_.indices[u2 + q]) - k2 == static_cast<int64_t>(b_.indices[u + q]) - k;
-    return same;
+  // The first j in [from, to) where pred(j) is false (`to` when none): 16 at a time, branch-free within a
+  // block so that the compiler vectorises it, then one at a time within the block that fails.
+  template <class F>
+  static int64_t first_false(int64_t from, int64_t to, F pred) {
+    constexpr int64_t kBlock = 64;
+    int64_t j = from;
+    for (; j + kBlock <= to; j += kBlock) {
+      uint32_t fails = 0;
+      for (int64_t q = 0; q < kBlock; ++q) fails |= static_cast<uint32_t>(!pred(j + q));
+      if (fails != 0) break;
+    }
+    for (; j < to; ++j)
+      if (!pred(j)) return j;
+    return to;
   }
 
   // The cached plan for row i's pattern (planned here if the pattern was met before); nullptr when row i

@@ -216,13 +216,6 @@ struct ScalarPolicy {
   static void band_cols(const BandPlan<V>&, int64_t, int64_t, I*) {}
   template <typename V, typename I>
   static bool band_a_matches(const BandPlan<V>&, const I*, int64_t) { return false; }
-  // Whether y[q] == x[q] + d for q < n (n <= kBandMaxB): two rows of B with the same offsets, d rows apart.
-  template <typename I>
-  static bool band_shifted(const I* x, const I* y, int n, int64_t d) {
-    bool same = true;
-    for (int q = 0; q < n; ++q) same &= static_cast<int64_t>(y[q]) - x[q] == d;
-    return same;
-  }
   // Rows written in place through a stage with non-temporal stores for large products (spgemm_stream.h);
   // the scalar oracle writes them directly.
   static constexpr bool kStreamOut = false;

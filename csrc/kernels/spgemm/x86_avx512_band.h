@@ -120,24 +120,6 @@ static bool band_a_matches(const BandPlan<V>& p, const I* aj, int64_t i) {
     return (bad0 | bad1) == 0;
   }
 }
-// Whether y[q] == x[q] + d for q < n <= 16.
-template <typename I>
-static bool band_shifted(const I* x, const I* y, int n, int64_t d) {
-  if constexpr (sizeof(I) == 4) {
-    const __mmask16 m = lanes_left(n);
-    const __m512i diff = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, y), _mm512_maskz_loadu_epi32(m, x));
-    return d >= INT32_MIN && d <= INT32_MAX &&
-           _mm512_mask_cmpneq_epi32_mask(m, diff, _mm512_set1_epi32(static_cast<int32_t>(d))) == 0;
-  } else {
-    const __mmask8 m0 = static_cast<__mmask8>(lanes_left(n)), m1 = static_cast<__mmask8>(lanes_left(n - 8));
-    const __m512i dd = _mm512_set1_epi64(d);
-    const __mmask8 bad0 = _mm512_mask_cmpneq_epi64_mask(
-        m0, _mm512_sub_epi64(_mm512_maskz_loadu_epi64(m0, y), _mm512_maskz_loadu_epi64(m0, x)), dd);
-    const __mmask8 bad1 = _mm512_mask_cmpneq_epi64_mask(
-        m1, _mm512_sub_epi64(_mm512_maskz_loadu_epi64(m1, y + 8), _mm512_maskz_loadu_epi64(m1, x + 8)), dd);
-    return (bad0 | bad1) == 0;
-  }
-}
 // The column indices of rows i0 .. i0 + rows - 1: i + c[s] each.
 template <typename V, typename I>
 static void band_cols(const BandPlan<V>& p, int64_t i0, int64_t rows, I* oj) {
