@@ -42,7 +42,8 @@ DEFAULT = ("spgemm:poisson2d,spgemm:poisson3d,spgemm:erdos_renyi,spgemm:fem_elas
 
 def build(spec: str, quick: bool):
     """(call(threads), description, max relative error of the result) for a workload spec."""
-    sys.path.insert(0, str(HERE))
+    if str(HERE) not in sys.path:  # bench_spgemm / bench_spmm_conv sit next to this file
+        sys.path.insert(0, str(HERE))
     from sparseforge import _C
 
     kind, _, rest = spec.partition(":")
