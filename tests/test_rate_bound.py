@@ -62,3 +62,20 @@ def test_one_round_of_three_phases(rate_bound):
 def test_worker_failure_names_the_spec(rate_bound):
     with pytest.raises(RuntimeError, match="spgemm:nope"):
         rate_bound.measure("spgemm:nope", quick=True, rounds=1, seconds=0.01, settle=0.0)
+
+
+
+def test_worker_reports_a_missing_package_apart_from_errors(rate_bound, monkeypatch):
+    # In-process (the spawned workers do not see monkeypatch): an ImportError is "missing", which the parent
+    # turns into Unavailable (the table says "skipped"); anything else stays an error.
+    import multiprocessing as mp
+
+    for exc, status in ((ImportError("No module named 'pyamg'"), "missing"), (KeyError("x"), "error")):
+        def boom(spec, quick, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(rate_bound, "build", boom)
+        parent, child = mp.Pipe()
+        rate_bound.worker("spgemm:fem_elasticity", True, child, None)
+        got = parent.recv()
+        assert got[0] == status and type(exc).__name__ in got[1]
